@@ -1,0 +1,135 @@
+"""The ``dass`` command: a thin shell over the library functions of the same names."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from .errors import DassError
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML config file or preset name (default, cpu-small, paper); "
+                                    "without it the embedded default runs")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config key, e.g. --set search.epochs.prune=5 (repeatable)")
+    p.add_argument("--dataset", help="digits, cifar10, mnist, fashion_mnist, or a path to a .npz / folder")
+    p.add_argument("--sparsity", type=float, help="fraction of weights removed, in (0, 1); 0.99 keeps 1%%")
+    p.add_argument("--epochs", type=int, help="epochs of every phase (per-phase values live in the config)")
+    p.add_argument("--init-channels", type=int)
+    p.add_argument("--layers", type=int, help="number of cells")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--order", type=int, choices=(1, 2), help="architecture gradient: 1 first, 2 second order")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--subset", type=int, metavar="N", help="use only the first N training images (quick trial)")
+    p.add_argument("--threads", type=int, help="torch intra-op threads")
+    p.add_argument("--out", help="run directory (default runs/search-TIMESTAMP)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _flag_overrides(args: argparse.Namespace) -> dict:
+    """The common flags as a nested config dict (only the ones given)."""
+    out: dict = {}
+
+    def put(path: str, value) -> None:
+        if value is None:
+            return
+        node = out
+        keys = path.split(".")
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+        node[keys[-1]] = value
+
+    put("data.dataset", args.dataset)
+    put("data.subset", args.subset)
+    put("search.sparsity", args.sparsity)
+    if args.epochs is not None:
+        put("search.epochs", {"warmup": args.epochs, "prune": args.epochs, "finetune": args.epochs})
+        put("search.single_loop_epochs", args.epochs)
+    put("model.init_channels", args.init_channels)
+    put("model.layers", args.layers)
+    put("search.batch_size", args.batch_size)
+    put("search.order", args.order)
+    put("seed", args.seed)
+    put("threads", args.threads)
+    return out
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from .search import make_config
+    from .search.searcher import DassSearch
+
+    if args.resume:
+        given = [f for f in ("config", "dataset", "sparsity", "epochs", "init_channels", "layers", "batch_size",
+                             "order", "seed", "subset", "out") if getattr(args, f) is not None] + (["set"] if args.sets else [])
+        if given:
+            raise DassError(f"--resume continues a run with its saved config; drop {', '.join('--' + g.replace('_', '-') for g in given)}")
+        runner = DassSearch.resume(args.resume, progress=not args.quiet)
+    else:
+        config = make_config(args.config or "default", _flag_overrides(args), args.sets)
+        runner = DassSearch.create(config, args.out, progress=not args.quiet)
+    print(f"run directory: {runner.run_dir.path}", file=sys.stderr)
+    result = runner.run()
+    print(result.genotype.to_darts_string())
+    print(f"genotype: {result.run_dir / 'genotype.json'}", file=sys.stderr)
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from .space import Genotype
+    from .viz import draw_genotype
+
+    genotype = Genotype.load(args.genotype)
+    if args.format == "json":
+        print(genotype.to_json())
+    else:
+        print(genotype.to_darts_string())
+        for cell in ("normal", "reduce"):
+            edges = getattr(genotype, cell)
+            print(f"\n{cell} cell (concat {list(getattr(genotype, cell + '_concat'))}):")
+            for k in range(0, len(edges), 2):
+                pair = ", ".join(f"{op} <- {'c_{k-2}' if j == 0 else 'c_{k-1}' if j == 1 else f'node {j - 2}'}"
+                                 for op, j in edges[k:k + 2])
+                print(f"  node {k // 2}: {pair}")
+    png = Path(args.png) if args.png else (Path(args.genotype).with_suffix(".png") if Path(args.genotype).is_file()
+                                           else Path(f"{args.genotype}.png"))
+    draw_genotype(genotype, png)
+    print(f"drawing: {png}", file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dass", description="Differentiable architecture search for sparse networks")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("search", help="run a DASS search and write genotype.json")
+    _add_common(p)
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted search from its run directory")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("show", help="print and draw a genotype (genotype.json, a DARTS string file, or DARTS_V2)")
+    p.add_argument("genotype")
+    p.add_argument("--format", choices=("darts", "json"), default="darts")
+    p.add_argument("--png", help="where to draw the cells (default: beside the genotype file)")
+    p.set_defaults(func=cmd_show)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except DassError as exc:
+        print(f"dass: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("dass: interrupted; a search continues with `dass search --resume RUN_DIR`", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,5 @@
+"""The one exception type that the CLI turns into a clear message instead of a traceback."""
+
+
+class DassError(Exception):
+    """A problem the user can fix: the message says what is wrong and what to do."""

@@ -1,0 +1,55 @@
+"""Training-loop pieces shared by search and final training: one SGD step, evaluation, schedules."""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def cosine_lr(base: float, minimum: float, epoch: int, epochs: int) -> float:
+    """Cosine annealing from ``base`` at epoch 0 towards ``minimum`` at ``epochs`` (per phase)."""
+    if epochs <= 0:
+        return base
+    return minimum + 0.5 * (base - minimum) * (1.0 + math.cos(math.pi * epoch / epochs))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def sgd_step(model: nn.Module, params: Sequence[nn.Parameter], optimizer: torch.optim.Optimizer,
+             x: torch.Tensor, y: torch.Tensor, grad_clip: float | None) -> tuple[float, int]:
+    """Forward, backward into ``params`` only (nothing else accumulates gradients), clip, step.
+
+    Returns the batch loss and the number of correct predictions.
+    """
+    logits = model(x)
+    loss = F.cross_entropy(logits, y)
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    for p, g in zip(params, grads):
+        p.grad = g
+    if grad_clip:
+        nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(loss.detach()), int((logits.argmax(1) == y).sum())
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> tuple[float, float]:
+    """Mean cross-entropy and top-1 accuracy in eval mode; restores the previous mode."""
+    was_training = model.training
+    model.eval()
+    total_loss, correct, count = 0.0, 0, 0
+    for x, y in batches:
+        logits = model(x)
+        total_loss += float(F.cross_entropy(logits, y, reduction="sum"))
+        correct += int((logits.argmax(1) == y).sum())
+        count += len(y)
+    model.train(was_training)
+    return total_loss / max(count, 1), correct / max(count, 1)

@@ -1,0 +1,132 @@
+"""The search run's configuration: every option `dass search` understands, with its default."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from ..errors import DassError
+from ..runtime.config import build, deep_merge, load_yaml, parse_override, to_dict
+from ..space.ops import OPS, PRIMITIVES
+
+PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "digits"
+    data_dir: Optional[str] = None
+    download: bool = False
+    subset: Optional[int] = None      # use only the first N training images
+    val_fraction: float = 0.5         # the search splits the training set into train / val
+    crop_padding: int = 4
+    flip: bool = True
+    cutout: int = 0
+
+
+@dataclass
+class ModelConfig:
+    init_channels: int = 16
+    layers: int = 8
+    nodes: int = 4
+    multiplier: int = 4
+    stem_multiplier: int = 3
+    ops: list[str] = field(default_factory=lambda: list(PRIMITIVES))
+
+
+@dataclass
+class PhaseEpochs:
+    warmup: int = 100
+    prune: int = 50
+    finetune: int = 100
+
+
+@dataclass
+class SearchConfig:
+    mode: str = "three_phase"         # three_phase | single_loop
+    sparsity: float = 0.9             # fraction of weights removed in every sparse layer
+    mask_scope: str = "layer"         # layer: top-k per layer | global: one threshold for all layers
+    order: int = 2                    # architecture step: 1 first order, 2 second order (unrolled)
+    batch_size: int = 64
+    epochs: PhaseEpochs = field(default_factory=PhaseEpochs)
+    single_loop_epochs: int = 50
+    weight_lr: float = 0.025
+    weight_lr_min: float = 0.001
+    weight_momentum: float = 0.9
+    weight_decay: float = 3e-4
+    score_lr: float = 0.1
+    score_lr_min: float = 0.0
+    score_momentum: float = 0.9
+    score_weight_decay: float = 1e-4
+    arch_lr: float = 3e-4
+    arch_beta1: float = 0.5
+    arch_beta2: float = 0.999
+    arch_weight_decay: float = 1e-3
+    grad_clip: float = 5.0
+    unrolled_eps: float = 0.01
+    eval_val: bool = True             # full pass over the val split at each epoch end
+
+
+@dataclass
+class SearchRunConfig:
+    seed: int = 0
+    threads: Optional[int] = None
+    checkpoint_minutes: float = 10.0  # mid-epoch checkpoints; one is always written at each epoch end
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+
+    def validate(self) -> "SearchRunConfig":
+        s, m, d = self.search, self.model, self.data
+        if not 0.0 < s.sparsity < 1.0:
+            raise DassError(f"sparsity must be in (0, 1) (0.9 keeps 10% of the weights), got {s.sparsity}")
+        checks = [
+            (s.mode in ("three_phase", "single_loop"), f"search.mode must be three_phase or single_loop, got {s.mode!r}"),
+            (s.mask_scope in ("layer", "global"), f"search.mask_scope must be layer or global, got {s.mask_scope!r}"),
+            (s.order in (1, 2), f"search.order must be 1 or 2, got {s.order}"),
+            (s.batch_size >= 1, f"search.batch_size must be at least 1, got {s.batch_size}"),
+            (min(s.epochs.warmup, s.epochs.prune, s.epochs.finetune, s.single_loop_epochs) >= 0,
+             "epochs must not be negative"),
+            (min(s.weight_lr, s.score_lr, s.arch_lr) > 0, "learning rates must be positive"),
+            (0 < d.val_fraction < 1, f"data.val_fraction must be in (0, 1), got {d.val_fraction}"),
+            (d.subset is None or d.subset >= 4, f"--subset must be at least 4 images, got {d.subset}"),
+            (m.init_channels >= 1 and m.layers >= 1 and m.nodes >= 1, "model sizes must be positive"),
+            (1 <= m.multiplier <= m.nodes, f"model.multiplier must be in 1..nodes ({m.nodes}), got {m.multiplier}"),
+            (self.threads is None or self.threads >= 1, "threads must be at least 1"),
+            (s.grad_clip > 0, "search.grad_clip must be positive"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise DassError(message)
+        unknown = [op for op in m.ops if op not in OPS]
+        if unknown or not m.ops:
+            raise DassError(f"unknown op(s) {unknown or '[]'} in model.ops; known: {', '.join(OPS)}")
+        if all(op == "none" for op in m.ops):
+            raise DassError("model.ops needs at least one op other than none")
+        if s.mode == "three_phase" and s.epochs.warmup + s.epochs.prune + s.epochs.finetune == 0:
+            raise DassError("all phase epochs are 0: nothing to search; set --epochs or search.epochs.*")
+        return self
+
+
+def resolve_preset(name_or_path: str) -> Path:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        return path
+    preset = PRESET_DIR / f"{name_or_path}.yaml"
+    if preset.is_file():
+        return preset
+    known = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+    raise DassError(f"no config file or preset named {name_or_path!r}; presets: {', '.join(known)}")
+
+
+def make_config(preset: str | None = "default", overrides: dict | None = None, sets: list[str] | None = None) -> SearchRunConfig:
+    """Defaults, then the preset or YAML file, then flag overrides, then ``--set`` items, validated."""
+    data = to_dict(SearchRunConfig())
+    if preset:
+        data = deep_merge(data, load_yaml(resolve_preset(preset)))
+    if overrides:
+        data = deep_merge(data, overrides)
+    for item in sets or []:
+        data = deep_merge(data, parse_override(item))
+    return build(SearchRunConfig, data).validate()

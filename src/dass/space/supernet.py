@@ -1,0 +1,152 @@
+"""The DARTS search supernet on sparse layers: mixed ops, search cells, architecture weights.
+
+The architecture weights (``alphas_normal``, ``alphas_reduce``) are ordinary parameters of the
+module so that checkpoints, ``.to()`` and distributed wrappers treat them like any other tensor;
+:meth:`Supernet.arch_parameters` and :meth:`Supernet.weight_parameters` split them apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..sparse import SparseConv2d, SparseLinear
+from .genotype import Genotype, derive_genotype
+from .ops import PRIMITIVES, FactorizedReduce, ReLUConvBN, build_op, is_pooling
+
+
+@dataclass
+class SupernetConfig:
+    init_channels: int = 16
+    layers: int = 8
+    nodes: int = 4
+    multiplier: int = 4
+    stem_multiplier: int = 3
+    ops: Sequence[str] = field(default_factory=lambda: list(PRIMITIVES))
+    in_channels: int = 3
+    num_classes: int = 10
+
+
+class MixedOp(nn.Module):
+    """Softmax-weighted sum of every candidate op on one edge. ``none`` is skipped: it adds exact zeros."""
+
+    def __init__(self, channels: int, stride: int, ops: Sequence[str]):
+        super().__init__()
+        self.op_names = list(ops)
+        self.ops = nn.ModuleList()
+        self.active: list[int] = []
+        for k, name in enumerate(ops):
+            op = build_op(name, channels, stride, affine=False)
+            if is_pooling(name):
+                op = nn.Sequential(op, nn.BatchNorm2d(channels, affine=False))
+            self.ops.append(op)
+            if name != "none":
+                self.active.append(k)
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        out = None
+        for k in self.active:
+            y = weights[k] * self.ops[k](x)
+            out = y if out is None else out + y
+        if out is None:  # an op set of only 'none'
+            out = self.ops[0](x) * weights[0]
+        return out
+
+
+class SearchCell(nn.Module):
+    def __init__(self, nodes: int, multiplier: int, c_prev_prev: int, c_prev: int, c: int,
+                 reduction: bool, reduction_prev: bool, ops: Sequence[str]):
+        super().__init__()
+        self.reduction = reduction
+        self.nodes = nodes
+        self.multiplier = multiplier
+        if reduction_prev:
+            self.preprocess0: nn.Module = FactorizedReduce(c_prev_prev, c, affine=False)
+        else:
+            self.preprocess0 = ReLUConvBN(c_prev_prev, c, 1, 1, 0, affine=False)
+        self.preprocess1 = ReLUConvBN(c_prev, c, 1, 1, 0, affine=False)
+        self.edges = nn.ModuleList()
+        for i in range(nodes):
+            for j in range(2 + i):
+                stride = 2 if reduction and j < 2 else 1
+                self.edges.append(MixedOp(c, stride, ops))
+
+    def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        states = [self.preprocess0(s0), self.preprocess1(s1)]
+        offset = 0
+        for _ in range(self.nodes):
+            s = sum(self.edges[offset + j](h, weights[offset + j]) for j, h in enumerate(states))
+            offset += len(states)
+            states.append(s)
+        return torch.cat(states[-self.multiplier:], dim=1)
+
+
+def num_edges(nodes: int) -> int:
+    return sum(2 + i for i in range(nodes))
+
+
+def reduction_layers(layers: int) -> frozenset[int]:
+    """Cells that halve the resolution and double the channels: at 1/3 and 2/3 of the depth."""
+    return frozenset({layers // 3, 2 * layers // 3})
+
+
+class Supernet(nn.Module):
+    def __init__(self, config: SupernetConfig):
+        super().__init__()
+        self.config = config
+        c = config.init_channels
+        c_curr = config.stem_multiplier * c
+        self.stem = nn.Sequential(
+            SparseConv2d(config.in_channels, c_curr, 3, padding=1, bias=False),
+            nn.BatchNorm2d(c_curr),
+        )
+        c_prev_prev, c_prev, c_curr = c_curr, c_curr, c
+        self.cells = nn.ModuleList()
+        reduction_prev = False
+        reductions = reduction_layers(config.layers)
+        for i in range(config.layers):
+            reduction = i in reductions
+            if reduction:
+                c_curr *= 2
+            cell = SearchCell(config.nodes, config.multiplier, c_prev_prev, c_prev, c_curr,
+                              reduction, reduction_prev, config.ops)
+            self.cells.append(cell)
+            reduction_prev = reduction
+            c_prev_prev, c_prev = c_prev, config.multiplier * c_curr
+        self.classifier = SparseLinear(c_prev, config.num_classes)
+        k, n = num_edges(config.nodes), len(config.ops)
+        self.alphas_normal = nn.Parameter(1e-3 * torch.randn(k, n))
+        self.alphas_reduce = nn.Parameter(1e-3 * torch.randn(k, n))
+
+    # -- parameter groups --------------------------------------------------------------------
+    def arch_parameters(self) -> list[nn.Parameter]:
+        return [self.alphas_normal, self.alphas_reduce]
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        """Everything but the architecture weights and the pruning scores."""
+        return [p for name, p in self.named_parameters()
+                if not name.startswith("alphas_") and not name.endswith("scores")]
+
+    # -- forward -----------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w_normal = F.softmax(self.alphas_normal, dim=-1)
+        w_reduce = F.softmax(self.alphas_reduce, dim=-1)
+        s0 = s1 = self.stem(x)
+        for cell in self.cells:
+            s0, s1 = s1, cell(s0, s1, w_reduce if cell.reduction else w_normal)
+        out = F.adaptive_avg_pool2d(s1, 1).flatten(1)
+        return self.classifier(out)
+
+    def genotype(self) -> Genotype:
+        return derive_genotype(self.alphas_normal, self.alphas_reduce, self.config.ops, self.config.multiplier)
+
+    def alpha_softmax(self) -> dict[str, list[list[float]]]:
+        return {
+            "normal": F.softmax(self.alphas_normal.detach(), dim=-1).tolist(),
+            "reduce": F.softmax(self.alphas_reduce.detach(), dim=-1).tolist(),
+        }

@@ -1,0 +1,78 @@
+"""Matplotlib drawings (Agg backend, no display needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from ..runtime.files import atomic_write  # noqa: E402
+from ..space.genotype import Genotype  # noqa: E402
+
+
+def _save(fig, path: Path) -> None:
+    atomic_write(Path(path), lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
+    plt.close(fig)
+
+
+def plot_alpha_history(history: Sequence[dict], ops: Sequence[str], path: Path) -> None:
+    """Per cell type, the softmax weight of each op averaged over the edges, one point per epoch."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True)
+    for ax, cell in zip(axes, ("normal", "reduce")):
+        if history:
+            weights = np.array([h["alphas"][cell] for h in history])  # epochs x edges x ops
+            mean = weights.mean(axis=1)
+            x = np.arange(1, len(history) + 1)
+            for k, op in enumerate(ops):
+                ax.plot(x, mean[:, k], label=op, lw=1.6)
+            boundaries = [i + 0.5 for i in range(1, len(history)) if history[i]["phase"] != history[i - 1]["phase"]]
+            for b in boundaries:
+                ax.axvline(b, color="grey", ls=":", lw=1)
+        ax.set_title(f"{cell} cell: mean softmax(alpha) per op")
+        ax.set_xlabel("epoch (dotted: phase change)")
+    axes[0].set_ylabel("weight")
+    axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    _save(fig, path)
+
+
+def _draw_cell(ax, edges: Sequence[tuple[str, int]], concat: Sequence[int], title: str) -> None:
+    nodes = len(edges) // 2
+    pos = {0: (0.0, 1.0), 1: (0.0, -1.0)}
+    for i in range(nodes):
+        pos[i + 2] = (1.0 + i, 1.2 * (1 if i % 2 == 0 else -1) * (0.4 + 0.15 * i))
+    out = (nodes + 1.2, 0.0)
+    names = {0: "c_{k-2}", 1: "c_{k-1}"}
+    for k, (op, j) in enumerate(edges):
+        target = k // 2 + 2
+        (x0, y0), (x1, y1) = pos[j], pos[target]
+        ax.annotate("", xy=(x1, y1), xytext=(x0, y0),
+                    arrowprops=dict(arrowstyle="->", color="#555", lw=1.1, shrinkA=14, shrinkB=14,
+                                    connectionstyle=f"arc3,rad={0.12 if k % 2 else -0.12}"))
+        ax.text((x0 + x1) / 2, (y0 + y1) / 2 + (0.1 if k % 2 else -0.1), op, fontsize=7, ha="center",
+                va="center", color="#1f4e79", bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.85))
+    for j in concat:
+        x0, y0 = pos[j]
+        ax.annotate("", xy=out, xytext=(x0, y0),
+                    arrowprops=dict(arrowstyle="->", color="#bbb", lw=0.9, shrinkA=14, shrinkB=16, ls="--"))
+    for node, (x, y) in pos.items():
+        color = "#cde4f7" if node < 2 else "#fbe3b9"
+        ax.text(x, y, names.get(node, str(node - 2)), ha="center", va="center", fontsize=9,
+                bbox=dict(boxstyle="round,pad=0.35", fc=color, ec="#333"))
+    ax.text(*out, "c_{k}", ha="center", va="center", fontsize=9, bbox=dict(boxstyle="round,pad=0.35", fc="#d5f5d5", ec="#333"))
+    ax.set_xlim(-0.6, nodes + 1.8)
+    ax.set_ylim(-1.8, 1.8)
+    ax.set_title(title)
+    ax.axis("off")
+
+
+def draw_genotype(genotype: Genotype, path: Path) -> None:
+    """Both cells as graphs: inputs (blue), intermediate nodes (orange), output (green)."""
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.2))
+    _draw_cell(axes[0], genotype.normal, genotype.normal_concat, "normal cell")
+    _draw_cell(axes[1], genotype.reduce, genotype.reduce_concat, "reduction cell")
+    _save(fig, path)
