@@ -187,7 +187,8 @@ def load_cifar10(root: Path, download: bool = False) -> ImageDataset:
     x_test, y_test = _batch_arrays(folder / "test_batch")
     names: list[str] = []
     if (folder / "batches.meta").exists():
-        names = [str(n) for n in _read_batch(folder / "batches.meta").get("label_names", [])]
+        names = [n.decode() if isinstance(n, bytes) else str(n)
+                 for n in _read_batch(folder / "batches.meta").get("label_names", [])]
     return ImageDataset("cifar10", np.concatenate(xs), np.concatenate(ys), x_test, y_test, names)
 
 

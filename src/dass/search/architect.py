@@ -99,8 +99,8 @@ class Architect:
     def first_order_grads(self, x_val: torch.Tensor, y_val: torch.Tensor) -> tuple[float, list[torch.Tensor]]:
         loss = self.loss_fn(self.model, x_val, y_val)
         # Only the alpha gradients: weight gradients are never computed for this backward pass.
-        grads = torch.autograd.grad(loss, self.arch_params)
-        return float(loss.detach()), list(grads)
+        grads = torch.autograd.grad(loss, self.arch_params, allow_unused=True)
+        return float(loss.detach()), self._dense(grads, self.arch_params)
 
     def second_order_grads(self, x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.Tensor,
                            y_val: torch.Tensor, lower: LowerLevel) -> tuple[float, list[torch.Tensor]]:
@@ -117,15 +117,19 @@ class Architect:
                     p.sub_(d, alpha=xi)
             val_loss = self.loss_fn(self.model, x_val, y_val)
             grads = torch.autograd.grad(val_loss, self.arch_params + params, allow_unused=True)
-            d_alpha = [torch.zeros_like(a) if g is None else g for g, a in zip(grads[:len(self.arch_params)],
-                                                                                self.arch_params)]
-            v = [torch.zeros_like(p) if g is None else g for g, p in zip(grads[len(self.arch_params):], params)]
+            d_alpha = self._dense(grads[:len(self.arch_params)], self.arch_params)
+            v = self._dense(grads[len(self.arch_params):], params)
             hvp = self._hessian_vector_product(params, saved, v, x_train, y_train)
         finally:
             with torch.no_grad():
                 for p, w in zip(params, saved):
                     p.copy_(w)
         return float(val_loss.detach()), [da - xi * h for da, h in zip(d_alpha, hvp)]
+
+    @staticmethod
+    def _dense(grads: Sequence[torch.Tensor | None], like: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Gradients with zeros for unused tensors (e.g. normal alphas in a net of only reduction cells)."""
+        return [torch.zeros_like(t) if g is None else g for g, t in zip(grads, like)]
 
     def _hessian_vector_product(self, params: list[nn.Parameter], saved: list[torch.Tensor],
                                 v: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
@@ -139,5 +143,6 @@ class Architect:
                 for p, w, vi in zip(params, saved, v):
                     p.copy_(w).add_(vi, alpha=sign * r)
             loss = self.loss_fn(self.model, x, y)
-            grads_at.append(torch.autograd.grad(loss, self.arch_params))
+            grads_at.append(self._dense(torch.autograd.grad(loss, self.arch_params, allow_unused=True),
+                                        self.arch_params))
         return [(gp - gm) / (2 * r) for gp, gm in zip(*grads_at)]

@@ -1,0 +1,40 @@
+"""A tiny but complete DASS search on real CIFAR-10 images."""
+
+import json
+
+import torch
+
+from dass.search import make_config
+from dass.search.searcher import DassSearch
+from dass.sparse import density_report
+from dass.sparse.layers import kept_count
+from dass.space import Genotype
+
+
+def test_tiny_search_on_cifar_subset(cifar_subset, tmp_path):
+    config = make_config("default", {
+        "data": {"dataset": str(cifar_subset), "subset": 256, "crop_padding": 4, "flip": True},
+        "model": {"init_channels": 4, "layers": 3},
+        "search": {"sparsity": 0.8, "batch_size": 32, "order": 1, "epochs": {"warmup": 3, "prune": 2, "finetune": 2}},
+        "threads": 2,
+    })
+    runner = DassSearch.create(config, str(tmp_path / "run"), progress=False)
+    alphas_before = [a.detach().clone() for a in runner.model.arch_parameters()]
+    result = runner.run()
+
+    genotype = Genotype.load(tmp_path / "run" / "genotype.json")
+    assert genotype == result.genotype
+    assert genotype.meta["sparsity"] == 0.8
+    for _, layer_density in enumerate(density_report(result.model)):
+        assert layer_density.nonzero == kept_count(layer_density.total, 0.2), layer_density.name
+    moved = [float((a.detach() - b).abs().max()) for a, b in zip(result.model.arch_parameters(), alphas_before)]
+    assert min(moved) > 1e-3, moved
+
+    records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["phase"] for r in records] == ["warmup"] * 3 + ["prune"] * 2 + ["finetune"] * 2
+    assert records[-1]["train_loss"] < records[0]["train_loss"]
+    assert records[0]["density"] == 1.0 and abs(records[-1]["density"] - 0.2) < 1e-3
+    for key in ("train_acc", "val_loss", "val_acc", "alphas", "genotype", "seconds_per_step"):
+        assert key in records[-1]
+    for name in ("alphas.png", "cells.png", "config.yaml", "checkpoint.pt"):
+        assert (tmp_path / "run" / name).stat().st_size > 0
