@@ -26,3 +26,7 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 600) -> subpro
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.run([sys.executable, "-m", "dass.cli", *args], capture_output=True, text=True,
                           env=full_env, timeout=timeout, cwd=ROOT)
+
+
+# Let test modules import run_cli as `from tests_helpers import run_cli`.
+sys.modules.setdefault("tests_helpers", sys.modules[__name__])

@@ -38,3 +38,21 @@ def test_tiny_search_on_cifar_subset(cifar_subset, tmp_path):
         assert key in records[-1]
     for name in ("alphas.png", "cells.png", "config.yaml", "checkpoint.pt"):
         assert (tmp_path / "run" / name).stat().st_size > 0
+
+
+def test_single_loop_trains_weights_scores_and_alphas(tmp_path):
+    config = make_config("default", {
+        "data": {"subset": 128},
+        "model": {"init_channels": 4, "layers": 3, "nodes": 2, "multiplier": 2},
+        "search": {"mode": "single_loop", "single_loop_epochs": 1, "sparsity": 0.9, "batch_size": 32, "order": 2},
+        "threads": 2,
+    })
+    runner = DassSearch.create(config, str(tmp_path / "run"), progress=False)
+    before = {k: v.clone() for k, v in runner.model.state_dict().items()}
+    result = runner.run()
+    after = result.model.state_dict()
+    changed = lambda suffix: [k for k in after if k.endswith(suffix) and not torch.equal(after[k], before[k])]
+    assert changed("alphas_normal") and changed("alphas_reduce")
+    assert len(changed(".scores")) > 10 and len(changed(".weight")) > 10
+    for row in density_report(result.model):
+        assert row.nonzero == kept_count(row.total, 0.1)

@@ -41,31 +41,45 @@ def plot_alpha_history(history: Sequence[dict], ops: Sequence[str], path: Path) 
 
 
 def _draw_cell(ax, edges: Sequence[tuple[str, int]], concat: Sequence[int], title: str) -> None:
+    """Inputs on the left, nodes on a line, output on the right; edges as arcs labelled at their middle."""
     nodes = len(edges) // 2
-    pos = {0: (0.0, 1.0), 1: (0.0, -1.0)}
+    pos = {0: (0.0, 1.6), 1: (0.0, -1.6)}
     for i in range(nodes):
-        pos[i + 2] = (1.0 + i, 1.2 * (1 if i % 2 == 0 else -1) * (0.4 + 0.15 * i))
-    out = (nodes + 1.2, 0.0)
+        pos[i + 2] = (1.6 * (i + 1), 0.0)
+    out = (1.6 * (nodes + 1), 0.0)
     names = {0: "c_{k-2}", 1: "c_{k-1}"}
+    # data-to-display aspect, so rotated labels follow the drawn edges
+    width, height = out[0] + 1.0, 4.0
+    bbox = ax.get_window_extent()
+    aspect = (bbox.height / height) / (bbox.width / width)
     for k, (op, j) in enumerate(edges):
         target = k // 2 + 2
         (x0, y0), (x1, y1) = pos[j], pos[target]
+        # arcs between nodes on the line bend up (even edge) or down (odd edge) to stay apart
+        rad = 0.0 if j < 2 else (-0.45 if k % 2 == 0 else 0.45)
         ax.annotate("", xy=(x1, y1), xytext=(x0, y0),
-                    arrowprops=dict(arrowstyle="->", color="#555", lw=1.1, shrinkA=14, shrinkB=14,
-                                    connectionstyle=f"arc3,rad={0.12 if k % 2 else -0.12}"))
-        ax.text((x0 + x1) / 2, (y0 + y1) / 2 + (0.1 if k % 2 else -0.1), op, fontsize=7, ha="center",
-                va="center", color="#1f4e79", bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.85))
+                    arrowprops=dict(arrowstyle="->", color="#555", lw=1.1, shrinkA=12, shrinkB=12,
+                                    connectionstyle=f"arc3,rad={rad}"))
+        dx, dy = x1 - x0, y1 - y0
+        # midpoint of matplotlib's arc3 Bezier: chord midpoint + rad/2 * (dy, -dx)
+        mx, my = (x0 + x1) / 2 + rad / 2 * dy, (y0 + y1) / 2 - rad / 2 * dx
+        angle = 0.0
+        if j < 2:  # input edges: label along the edge, rotated with it, so labels of fanning edges don't collide
+            mx, my = x0 + 0.55 * dx, y0 + 0.55 * dy
+            angle = float(np.degrees(np.arctan2(dy * aspect, dx)))
+        ax.text(mx, my, op, fontsize=7, ha="center", va="center", color="#1f4e79", rotation=angle,
+                rotation_mode="anchor", bbox=dict(boxstyle="round,pad=0.1", fc="white", ec="none", alpha=0.9))
     for j in concat:
-        x0, y0 = pos[j]
-        ax.annotate("", xy=out, xytext=(x0, y0),
-                    arrowprops=dict(arrowstyle="->", color="#bbb", lw=0.9, shrinkA=14, shrinkB=16, ls="--"))
+        ax.annotate("", xy=out, xytext=pos[j],
+                    arrowprops=dict(arrowstyle="->", color="#bbb", lw=0.9, shrinkA=12, shrinkB=14, ls="--",
+                                    connectionstyle="arc3,rad=0.25"))
     for node, (x, y) in pos.items():
         color = "#cde4f7" if node < 2 else "#fbe3b9"
         ax.text(x, y, names.get(node, str(node - 2)), ha="center", va="center", fontsize=9,
                 bbox=dict(boxstyle="round,pad=0.35", fc=color, ec="#333"))
     ax.text(*out, "c_{k}", ha="center", va="center", fontsize=9, bbox=dict(boxstyle="round,pad=0.35", fc="#d5f5d5", ec="#333"))
-    ax.set_xlim(-0.6, nodes + 1.8)
-    ax.set_ylim(-1.8, 1.8)
+    ax.set_xlim(-0.5, out[0] + 0.5)
+    ax.set_ylim(-2.0, 2.0)
     ax.set_title(title)
     ax.axis("off")
 
