@@ -35,7 +35,7 @@ def child(order: int, phase: str, steps: int, channels: int, layers: int, batch:
                                   "search": {"order": order, "batch_size": batch}})
     search = DassSearch(cfg, RunDir(Path(tempfile.mkdtemp())), progress=False)
     index = {"warmup": 0, "prune": 1, "finetune": 2}[phase]
-    search._enter_phase(index, fresh=True)
+    search.enter_phase(index, fresh=True)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     batches = zip(search.train_batches.batches(0), search.val_batches.batches(0))
     times = []
@@ -43,7 +43,7 @@ def child(order: int, phase: str, steps: int, channels: int, layers: int, batch:
         if i > steps:
             break
         t0 = time.perf_counter()
-        search._step(xt, yt, xv, yv)
+        search.train_step(((xt, yt), (xv, yv)))
         times.append(time.perf_counter() - t0)
     timed = times[1:]  # the first step warms allocator and kernels
     return {"order": order, "phase": phase, "s_per_step": sum(timed) / len(timed),
