@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -22,7 +23,6 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--init-channels", type=int)
     p.add_argument("--layers", type=int, help="number of cells")
     p.add_argument("--batch-size", type=int)
-    p.add_argument("--order", type=int, choices=(1, 2), help="architecture gradient: 1 first, 2 second order")
     p.add_argument("--seed", type=int)
     p.add_argument("--subset", type=int, metavar="N", help="use only the first N training images (quick trial)")
     p.add_argument("--threads", type=int, help="torch intra-op threads")
@@ -30,8 +30,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def _flag_overrides(args: argparse.Namespace) -> dict:
-    """The common flags as a nested config dict (only the ones given)."""
+def _flag_overrides(args: argparse.Namespace, section: str = "search") -> dict:
+    """The common flags as a nested config dict (only the ones given); ``section``: search or train."""
     out: dict = {}
 
     def put(path: str, value) -> None:
@@ -45,17 +45,36 @@ def _flag_overrides(args: argparse.Namespace) -> dict:
 
     put("data.dataset", args.dataset)
     put("data.subset", args.subset)
-    put("search.sparsity", args.sparsity)
+    put(f"{section}.sparsity", args.sparsity)
     if args.epochs is not None:
-        put("search.epochs", {"warmup": args.epochs, "prune": args.epochs, "finetune": args.epochs})
-        put("search.single_loop_epochs", args.epochs)
+        phases = ("warmup", "prune", "finetune") if section == "search" else ("pretrain", "prune", "finetune")
+        put(f"{section}.epochs", {p: args.epochs for p in phases})
+        if section == "search":
+            put("search.single_loop_epochs", args.epochs)
     put("model.init_channels", args.init_channels)
     put("model.layers", args.layers)
-    put("search.batch_size", args.batch_size)
-    put("search.order", args.order)
+    put(f"{section}.batch_size", args.batch_size)
     put("seed", args.seed)
+    if section == "search":
+        put("search.order", args.order)
+    else:
+        put("model.name", args.model)
+        put("model.genotype", args.genotype)
+        put("model.size", args.size)
+        put("train.pruner", args.pruner)
     put("threads", args.threads)
     return out
+
+
+RUN_FLAGS = ("config", "dataset", "sparsity", "epochs", "init_channels", "layers", "batch_size", "order", "seed",
+             "subset", "out", "model", "genotype", "size", "pruner")
+
+
+def _refuse_flags_with_resume(args: argparse.Namespace) -> None:
+    given = [f for f in RUN_FLAGS if getattr(args, f, None) is not None] + (["set"] if args.sets else [])
+    if given:
+        raise DassError("--resume continues a run with its saved config; drop "
+                        + ", ".join("--" + g.replace("_", "-") for g in given))
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -63,10 +82,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     from .search.searcher import DassSearch
 
     if args.resume:
-        given = [f for f in ("config", "dataset", "sparsity", "epochs", "init_channels", "layers", "batch_size",
-                             "order", "seed", "subset", "out") if getattr(args, f) is not None] + (["set"] if args.sets else [])
-        if given:
-            raise DassError(f"--resume continues a run with its saved config; drop {', '.join('--' + g.replace('_', '-') for g in given)}")
+        _refuse_flags_with_resume(args)
         runner = DassSearch.resume(args.resume, progress=not args.quiet)
     else:
         config = make_config(args.config or "default", _flag_overrides(args), args.sets)
@@ -75,6 +91,40 @@ def cmd_search(args: argparse.Namespace) -> int:
     result = runner.run()
     print(result.genotype.to_darts_string())
     print(f"genotype: {result.run_dir / 'genotype.json'}", file=sys.stderr)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train import TrainRun, make_train_config
+
+    if args.resume:
+        _refuse_flags_with_resume(args)
+        runner = TrainRun.resume(args.resume, progress=not args.quiet)
+    else:
+        overrides = _flag_overrides(args, "train")
+        if args.genotype and not args.model:
+            overrides.setdefault("model", {})["name"] = "genotype"
+        config = make_train_config(args.config or "train-default", overrides, args.sets)
+        runner = TrainRun.create(config, args.out, progress=not args.quiet)
+    print(f"run directory: {runner.run_dir.path}", file=sys.stderr)
+    result = runner.run()
+    print(f"test top-1 {100 * result.test_acc:.2f}%  ({result.run_dir / 'model_sparse.pt'})")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .train.evaluate import compare_table, evaluate_run
+
+    result = evaluate_run(args.run_dir, latency=not args.no_latency, repeats=args.repeats)
+    print(json.dumps(result, indent=2))
+    print(compare_table([result]), file=sys.stderr)
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .train.evaluate import compare_runs
+
+    print(compare_runs(args.run_dirs))
     return 0
 
 
@@ -107,8 +157,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("search", help="run a DASS search and write genotype.json")
     _add_common(p)
+    p.add_argument("--order", type=int, choices=(1, 2), help="architecture gradient: 1 first, 2 second order")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted search from its run directory")
     p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("train", help="train a network (genotype or baseline): pretrain, prune, fine-tune")
+    _add_common(p)
+    p.add_argument("--model", help="resnet18, mobilenet_v2, vgg16, darts_v1, darts_v2, or genotype")
+    p.add_argument("--genotype", help="genotype.json from `dass search` (implies --model genotype)")
+    p.add_argument("--size", choices=("tiny", "small", "medium", "large"), help="the paper's network sizes")
+    p.add_argument("--pruner", choices=("hydra", "gmp"), help="hydra (learned scores) or gmp (gradual magnitude)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted training from its run directory")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="accuracy, parameters, MACs, checkpoint size and latency of a trained run")
+    p.add_argument("run_dir")
+    p.add_argument("--no-latency", action="store_true")
+    p.add_argument("--repeats", type=int, default=20, help="timed runs at batch 1 (batch 64 uses a fifth)")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("compare", help="a Markdown table over trained runs (evaluates those without eval.json)")
+    p.add_argument("run_dirs", nargs="+")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("show", help="print and draw a genotype (genotype.json, a DARTS string file, or DARTS_V2)")
     p.add_argument("genotype")
@@ -127,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"dass: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("dass: interrupted; a search continues with `dass search --resume RUN_DIR`", file=sys.stderr)
+        print(f"dass: interrupted; continue with `dass {args.command} --resume RUN_DIR`", file=sys.stderr)
         return 130
 
 

@@ -22,14 +22,24 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
+def classification_loss(output, y: torch.Tensor, label_smoothing: float = 0.0,
+                        aux_weight: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy of the logits, plus ``aux_weight`` times that of auxiliary logits when the model gives them."""
+    logits, aux = output if isinstance(output, tuple) else (output, None)
+    loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+    if aux is not None and aux_weight:
+        loss = loss + aux_weight * F.cross_entropy(aux, y, label_smoothing=label_smoothing)
+    return loss, logits
+
+
 def sgd_step(model: nn.Module, params: Sequence[nn.Parameter], optimizer: torch.optim.Optimizer,
-             x: torch.Tensor, y: torch.Tensor, grad_clip: float | None) -> tuple[float, int]:
+             x: torch.Tensor, y: torch.Tensor, grad_clip: float | None, label_smoothing: float = 0.0,
+             aux_weight: float = 0.0) -> tuple[float, int]:
     """Forward, backward into ``params`` only (nothing else accumulates gradients), clip, step.
 
     Returns the batch loss and the number of correct predictions.
     """
-    logits = model(x)
-    loss = F.cross_entropy(logits, y)
+    loss, logits = classification_loss(model(x), y, label_smoothing, aux_weight)
     grads = torch.autograd.grad(loss, params, allow_unused=True)
     for p, g in zip(params, grads):
         p.grad = g

@@ -1,0 +1,49 @@
+"""CIFAR-style MobileNet-v2 (stride-1 stem, first two stages at stride 1) on sparse layers."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..sparse import SparseConv2d, SparseLinear
+
+# (expansion, output channels, blocks, first stride) per stage, as in MobileNet-v2 with CIFAR strides.
+STAGES = [(1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
+
+
+class InvertedResidual(nn.Module):
+    def __init__(self, c_in: int, c_out: int, expansion: int, stride: int):
+        super().__init__()
+        hidden = c_in * expansion
+        self.use_residual = stride == 1 and c_in == c_out
+        self.block = nn.Sequential(
+            SparseConv2d(c_in, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6(inplace=True),
+            SparseConv2d(hidden, hidden, 3, stride=stride, padding=1, groups=hidden, bias=False),
+            nn.BatchNorm2d(hidden), nn.ReLU6(inplace=True),
+            SparseConv2d(hidden, c_out, 1, bias=False), nn.BatchNorm2d(c_out),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.block(x)
+        return x + out if self.use_residual else out
+
+
+class MobileNetV2(nn.Module):
+    def __init__(self, num_classes: int = 10, in_channels: int = 3, width: float = 1.0):
+        super().__init__()
+        scale = lambda c: max(8, int(round(c * width / 8)) * 8) if width != 1.0 else c  # noqa: E731
+        c_in = scale(32)
+        layers: list[nn.Module] = [SparseConv2d(in_channels, c_in, 3, padding=1, bias=False), nn.BatchNorm2d(c_in),
+                                   nn.ReLU6(inplace=True)]
+        for expansion, c, blocks, stride in STAGES:
+            for j in range(blocks):
+                layers.append(InvertedResidual(c_in, scale(c), expansion, stride if j == 0 else 1))
+                c_in = scale(c)
+        c_last = scale(1280) if width > 1.0 else 1280
+        layers += [SparseConv2d(c_in, c_last, 1, bias=False), nn.BatchNorm2d(c_last), nn.ReLU6(inplace=True)]
+        self.features = nn.Sequential(*layers)
+        self.classifier = SparseLinear(c_last, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(F.adaptive_avg_pool2d(self.features(x), 1).flatten(1))

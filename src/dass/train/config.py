@@ -1,0 +1,103 @@
+"""The final-training run's configuration: every option `dass train` understands, with its default."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from ..errors import DassError
+from ..runtime.config import build, deep_merge, load_yaml, parse_override, to_dict
+from ..search.config import DataConfig, resolve_preset
+from ..space.network import SIZES
+
+
+@dataclass
+class NetConfig:
+    name: str = "darts_v2"            # resnet18 | mobilenet_v2 | vgg16 | darts_v1 | darts_v2 | genotype
+    genotype: Optional[str] = None    # genotype.json for name=genotype (set by --genotype)
+    size: Optional[str] = None        # tiny | small | medium | large: the paper's (channels, cells)
+    init_channels: int = 36
+    layers: int = 20
+    width: float = 1.0                # channel multiplier of the hand-designed baselines
+    auxiliary: bool = False
+    drop_path: float = 0.0
+
+
+@dataclass
+class TrainEpochs:
+    pretrain: int = 200
+    prune: int = 200
+    finetune: int = 200
+
+
+@dataclass
+class PhaseLR:
+    pretrain: float = 0.05
+    prune: float = 0.1
+    finetune: float = 0.01
+
+
+@dataclass
+class TrainConfig:
+    sparsity: float = 0.9
+    mask_scope: str = "layer"         # layer | global
+    pruner: str = "hydra"             # hydra: learned scores | gmp: gradual magnitude pruning (Zhu & Gupta)
+    epochs: TrainEpochs = field(default_factory=TrainEpochs)
+    lr: PhaseLR = field(default_factory=PhaseLR)
+    lr_min: float = 0.0
+    batch_size: int = 128
+    momentum: float = 0.9
+    weight_decay: float = 4e-4
+    label_smoothing: float = 0.0
+    aux_weight: float = 0.4
+    grad_clip: float = 5.0
+    gmp_updates: int = 10             # gmp: number of mask updates spread over the prune phase
+
+
+@dataclass
+class TrainRunConfig:
+    seed: int = 0
+    threads: Optional[int] = None
+    checkpoint_minutes: float = 10.0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: NetConfig = field(default_factory=NetConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> "TrainRunConfig":
+        t, m = self.train, self.model
+        if not 0.0 < t.sparsity < 1.0:
+            raise DassError(f"sparsity must be in (0, 1) (0.9 keeps 10% of the weights), got {t.sparsity}")
+        checks = [
+            (t.mask_scope in ("layer", "global"), f"train.mask_scope must be layer or global, got {t.mask_scope!r}"),
+            (t.pruner in ("hydra", "gmp"), f"train.pruner must be hydra or gmp, got {t.pruner!r}"),
+            (t.batch_size >= 1, "train.batch_size must be at least 1"),
+            (min(t.epochs.pretrain, t.epochs.prune, t.epochs.finetune) >= 0, "epochs must not be negative"),
+            (t.epochs.pretrain + t.epochs.prune + t.epochs.finetune > 0, "all phase epochs are 0: nothing to train"),
+            (min(t.lr.pretrain, t.lr.prune, t.lr.finetune) > 0, "learning rates must be positive"),
+            (0.0 <= t.label_smoothing < 1.0, "train.label_smoothing must be in [0, 1)"),
+            (0.0 <= m.drop_path < 1.0, "model.drop_path must be in [0, 1)"),
+            (m.size is None or m.size in SIZES, f"model.size must be one of {', '.join(SIZES)}, got {m.size!r}"),
+            (m.width > 0 and m.init_channels >= 1 and m.layers >= 1, "model sizes must be positive"),
+            (t.gmp_updates >= 1, "train.gmp_updates must be at least 1"),
+            (self.data.subset is None or self.data.subset >= 2, "--subset must be at least 2 images"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise DassError(message)
+        if m.name == "genotype" and not m.genotype:
+            raise DassError("model genotype needs --genotype FILE (a genotype.json from `dass search`)")
+        if m.size:
+            m.init_channels, m.layers = SIZES[m.size]
+        return self
+
+
+def make_train_config(preset: str | None = "train-default", overrides: dict | None = None,
+                      sets: list[str] | None = None) -> TrainRunConfig:
+    data = to_dict(TrainRunConfig())
+    if preset:
+        data = deep_merge(data, load_yaml(resolve_preset(preset)))
+    if overrides:
+        data = deep_merge(data, overrides)
+    for item in sets or []:
+        data = deep_merge(data, parse_override(item))
+    return build(TrainRunConfig, data).validate()
