@@ -32,7 +32,9 @@ class InvertedResidual(nn.Module):
 class MobileNetV2(nn.Module):
     def __init__(self, num_classes: int = 10, in_channels: int = 3, width: float = 1.0):
         super().__init__()
-        scale = lambda c: max(8, int(round(c * width / 8)) * 8) if width != 1.0 else c  # noqa: E731
+        def scale(c: int) -> int:  # channel counts stay multiples of 4
+            return c if width == 1.0 else max(4, int(round(c * width / 4)) * 4)
+
         c_in = scale(32)
         layers: list[nn.Module] = [SparseConv2d(in_channels, c_in, 3, padding=1, bias=False), nn.BatchNorm2d(c_in),
                                    nn.ReLU6(inplace=True)]
@@ -40,7 +42,9 @@ class MobileNetV2(nn.Module):
             for j in range(blocks):
                 layers.append(InvertedResidual(c_in, scale(c), expansion, stride if j == 0 else 1))
                 c_in = scale(c)
-        c_last = scale(1280) if width > 1.0 else 1280
+        # Unlike the original (which keeps 1280 below width 1), the last conv scales too, so that small
+        # widths give small networks: needed to match the parameter budgets of small searched networks.
+        c_last = scale(1280)
         layers += [SparseConv2d(c_in, c_last, 1, bias=False), nn.BatchNorm2d(c_last), nn.ReLU6(inplace=True)]
         self.features = nn.Sequential(*layers)
         self.classifier = SparseLinear(c_last, num_classes)
