@@ -12,13 +12,15 @@ import os
 import signal
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 from tqdm import tqdm
 
 from .errors import DassError
-from .runtime import RunDir, load_checkpoint, save_checkpoint
+from .runtime import RunDir, load_checkpoint, new_run_dir, save_checkpoint
+from .runtime.config import build, load_yaml, to_dict
 from .sparse import Phase
 
 KILL_ENV = "_DASS_TEST_KILL_AFTER_STEPS"  # test hook: SIGKILL this process after N steps
@@ -39,17 +41,46 @@ class PhasedRun:
     """Subclasses set ``kind``, ``plan``, ``model`` and implement the hooks below."""
 
     kind = "run"
+    config_class: type
     plan: list[PhaseSpec]
     model: torch.nn.Module
 
-    def __init__(self, run_dir: RunDir, checkpoint_minutes: float, progress: bool):
+    def __init__(self, config: Any, run_dir: RunDir, progress: bool):
+        self.config = config
         self.run_dir = run_dir
-        self.checkpoint_minutes = checkpoint_minutes
+        self.checkpoint_minutes = config.checkpoint_minutes
         self.progress = progress
+        if config.threads:
+            torch.set_num_threads(config.threads)
         self.position = {"phase": 0, "epoch": 0, "step": 0}
         self.sums: dict[str, float] = {}
         self.history: list[dict] = []
         self._entered = -1
+
+    # -- construction -----------------------------------------------------------------------------
+    @classmethod
+    def create(cls, config: Any, out: str | None = None, progress: bool = True):
+        """A new run in ``out`` (default ``runs/KIND-TIMESTAMP``), its resolved config written there."""
+        run_dir = RunDir(new_run_dir(out, cls.kind))
+        run = cls(config, run_dir, progress)
+        run_dir.write_config(to_dict(config))
+        run.on_create()
+        return run
+
+    @classmethod
+    def resume(cls, path: str | Path, progress: bool = True):
+        """The run in ``path``, restored from its checkpoint, ready to continue."""
+        run_dir = RunDir(Path(path))
+        if not run_dir.path.is_dir():
+            raise DassError(f"{path} is not a directory; --resume takes the run directory of an earlier {cls.kind}")
+        load_checkpoint(run_dir.file(RunDir.CHECKPOINT), cls.kind)  # fail early, before loading data
+        config = build(cls.config_class, load_yaml(run_dir.file(RunDir.CONFIG))).validate()
+        run = cls(config, run_dir, progress)
+        run.restore()
+        return run
+
+    def on_create(self) -> None:
+        """Anything a new run directory needs beside the config."""
 
     # -- hooks ------------------------------------------------------------------------------------
     @property

@@ -97,6 +97,20 @@ def build(cls: type[T], data: dict, where: str = "") -> T:
         raise DassError(f"invalid config{' at ' + where if where else ''}: {exc}") from None
 
 
+def layered(cls: type[T], preset: Path | None = None, overrides: dict | None = None,
+            sets: list[str] | None = None) -> T:
+    """Defaults, then the preset/YAML file, then flag overrides, then ``--set`` items; validated."""
+    data = to_dict(cls())
+    if preset is not None:
+        data = deep_merge(data, load_yaml(preset))
+    if overrides:
+        data = deep_merge(data, overrides)
+    for item in sets or []:
+        data = deep_merge(data, parse_override(item))
+    config = build(cls, data)
+    return config.validate() if hasattr(config, "validate") else config
+
+
 def deep_merge(base: dict, update: dict) -> dict:
     out = dict(base)
     for key, value in update.items():

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import DassError
-from ..runtime.config import build, deep_merge, load_yaml, parse_override, to_dict
+from ..runtime.config import layered
 from ..space.ops import OPS, PRIMITIVES
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -122,11 +122,4 @@ def resolve_preset(name_or_path: str) -> Path:
 
 def make_config(preset: str | None = "default", overrides: dict | None = None, sets: list[str] | None = None) -> SearchRunConfig:
     """Defaults, then the preset or YAML file, then flag overrides, then ``--set`` items, validated."""
-    data = to_dict(SearchRunConfig())
-    if preset:
-        data = deep_merge(data, load_yaml(resolve_preset(preset)))
-    if overrides:
-        data = deep_merge(data, overrides)
-    for item in sets or []:
-        data = deep_merge(data, parse_override(item))
-    return build(SearchRunConfig, data).validate()
+    return layered(SearchRunConfig, resolve_preset(preset) if preset else None, overrides, sets)

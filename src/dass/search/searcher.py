@@ -23,11 +23,9 @@ from pathlib import Path
 import torch
 
 from ..data import AugmentConfig, Normalization, TensorBatches, load_dataset, split_train_val
-from ..errors import DassError
 from ..loop import cosine_lr, evaluate, set_lr, sgd_step
 from ..runner import PhasedRun, PhaseSpec
-from ..runtime import RunDir, load_checkpoint, new_run_dir
-from ..runtime.config import build, load_yaml, to_dict
+from ..runtime import RunDir
 from ..sparse import Phase, configure_phase, init_scores, overall_density, set_sparsity
 from ..sparse.layers import sparse_layers
 from ..space import Genotype, Supernet, SupernetConfig
@@ -99,12 +97,11 @@ class DassSearch(PhasedRun):
     """One search run in its run directory. Build with :meth:`create` or :meth:`resume`."""
 
     kind = "search"
+    config_class = SearchRunConfig
+    config: SearchRunConfig
 
     def __init__(self, config: SearchRunConfig, run_dir: RunDir, progress: bool = True):
-        super().__init__(run_dir, config.checkpoint_minutes, progress)
-        self.config = config
-        if config.threads:
-            torch.set_num_threads(config.threads)
+        super().__init__(config, run_dir, progress)
         self._setup_data()
         torch.manual_seed(config.seed)
         m = config.model
@@ -117,25 +114,6 @@ class DassSearch(PhasedRun):
                                    s.unrolled_eps)
         self.plan = phase_plan(config)
         self.lower: _LowerOptimizers | None = None
-
-    # -- construction ----------------------------------------------------------------------------
-    @classmethod
-    def create(cls, config: SearchRunConfig, out: str | None = None, progress: bool = True) -> "DassSearch":
-        run_dir = RunDir(new_run_dir(out, "search"))
-        search = cls(config, run_dir, progress)
-        run_dir.write_config(to_dict(config))
-        return search
-
-    @classmethod
-    def resume(cls, path: str | Path, progress: bool = True) -> "DassSearch":
-        run_dir = RunDir(Path(path))
-        if not run_dir.path.is_dir():
-            raise DassError(f"{path} is not a directory; --resume takes the run directory of an earlier search")
-        load_checkpoint(run_dir.file(RunDir.CHECKPOINT), "search")  # fail early on a bad checkpoint
-        config = build(SearchRunConfig, load_yaml(run_dir.file(RunDir.CONFIG))).validate()
-        search = cls(config, run_dir, progress)
-        search.restore()
-        return search
 
     def _setup_data(self) -> None:
         d, s = self.config.data, self.config.search

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from ..errors import DassError
-from ..runtime.config import build, deep_merge, load_yaml, parse_override, to_dict
+from ..runtime.config import layered
 from ..search.config import DataConfig, resolve_preset
 from ..space.network import SIZES
 
@@ -93,11 +93,5 @@ class TrainRunConfig:
 
 def make_train_config(preset: str | None = "train-default", overrides: dict | None = None,
                       sets: list[str] | None = None) -> TrainRunConfig:
-    data = to_dict(TrainRunConfig())
-    if preset:
-        data = deep_merge(data, load_yaml(resolve_preset(preset)))
-    if overrides:
-        data = deep_merge(data, overrides)
-    for item in sets or []:
-        data = deep_merge(data, parse_override(item))
-    return build(TrainRunConfig, data).validate()
+    """Defaults, then the preset or YAML file, then flag overrides, then ``--set`` items, validated."""
+    return layered(TrainRunConfig, resolve_preset(preset) if preset else None, overrides, sets)

@@ -20,12 +20,11 @@ import torch
 from torch import nn
 
 from ..data import AugmentConfig, Normalization, TensorBatches, load_dataset
-from ..errors import DassError
 from ..loop import cosine_lr, evaluate, set_lr, sgd_step
 from ..models import build_model
 from ..runner import PhasedRun, PhaseSpec
-from ..runtime import RunDir, load_checkpoint, new_run_dir
-from ..runtime.config import build, load_yaml, to_dict
+from ..runtime import RunDir
+from ..runtime.config import to_dict
 from ..space.genotype import Genotype
 from ..sparse import Phase, configure_phase, init_scores, overall_density, score_parameters, set_sparsity
 from ..sparse.layers import sparse_layers
@@ -54,12 +53,11 @@ def build_network(config: TrainRunConfig, in_channels: int, num_classes: int, ru
 
 class TrainRun(PhasedRun):
     kind = "train"
+    config_class = TrainRunConfig
+    config: TrainRunConfig
 
     def __init__(self, config: TrainRunConfig, run_dir: RunDir, progress: bool = True):
-        super().__init__(run_dir, config.checkpoint_minutes, progress)
-        self.config = config
-        if config.threads:
-            torch.set_num_threads(config.threads)
+        super().__init__(config, run_dir, progress)
         d, t = config.data, config.train
         dataset = load_dataset(d.dataset, d.data_dir, d.download).subset(d.subset)
         self.dataset_name = dataset.name
@@ -78,25 +76,9 @@ class TrainRun(PhasedRun):
         self.optimizer: torch.optim.SGD | None = None
         self.params: list[nn.Parameter] = []
 
-    @classmethod
-    def create(cls, config: TrainRunConfig, out: str | None = None, progress: bool = True) -> "TrainRun":
-        run_dir = RunDir(new_run_dir(out, "train"))
-        run = cls(config, run_dir, progress)
-        run_dir.write_config(to_dict(config))
-        if config.model.genotype:  # keep the run self-contained
-            getattr(run.model, "genotype").save(run_dir.file("genotype.json"))
-        return run
-
-    @classmethod
-    def resume(cls, path: str | Path, progress: bool = True) -> "TrainRun":
-        run_dir = RunDir(Path(path))
-        if not run_dir.path.is_dir():
-            raise DassError(f"{path} is not a directory; --resume takes the run directory of an earlier training")
-        load_checkpoint(run_dir.file(RunDir.CHECKPOINT), "train")
-        config = build(TrainRunConfig, load_yaml(run_dir.file(RunDir.CONFIG))).validate()
-        run = cls(config, run_dir, progress)
-        run.restore()
-        return run
+    def on_create(self) -> None:
+        if self.config.model.genotype:  # keep the run self-contained
+            getattr(self.model, "genotype").save(self.run_dir.file("genotype.json"))
 
     # -- PhasedRun hooks ---------------------------------------------------------------------------
     @property
