@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
 from ..sparse import SparseConv2d, SparseLinear
+
+def pool_if_possible(x: torch.Tensor) -> torch.Tensor:
+    """2x2 max-pool, skipped once the map is 1 pixel wide (small inputs run out of pixels before 5 pools)."""
+    return F.max_pool2d(x, 2) if x.shape[-1] > 1 and x.shape[-2] > 1 else x
+
+
+torch.fx.wrap("pool_if_possible")  # a leaf for torch.fx tracing (its branch depends on the input's shape)
 
 VGG16 = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
 
@@ -31,7 +39,5 @@ class VGG(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for stage in self.stages:
-            x = stage(x)
-            if x.shape[-1] > 1 and x.shape[-2] > 1:  # small inputs (8x8 digits) run out of pixels before 5 pools
-                x = F.max_pool2d(x, 2)
+            x = pool_if_possible(stage(x))
         return self.classifier(F.adaptive_avg_pool2d(x, 1).flatten(1))

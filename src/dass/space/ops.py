@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
@@ -71,6 +72,16 @@ class Zero(nn.Module):
         return x[:, :, :: self.stride, :: self.stride].mul(0.0)
 
 
+def pad_to_even(x: torch.Tensor) -> torch.Tensor:
+    """Pad odd heights/widths by one pixel (bottom/right), so both stride-2 paths agree in size."""
+    if x.shape[-1] % 2 or x.shape[-2] % 2:
+        return F.pad(x, (0, x.shape[-1] % 2, 0, x.shape[-2] % 2))
+    return x
+
+
+torch.fx.wrap("pad_to_even")  # a leaf for torch.fx tracing (its branch depends on the input's shape)
+
+
 class FactorizedReduce(nn.Module):
     """Halve the resolution with two offset stride-2 1x1 convs, so no input pixel is skipped."""
 
@@ -84,9 +95,7 @@ class FactorizedReduce(nn.Module):
         self.bn = nn.BatchNorm2d(c_out, affine=affine)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.relu(x)
-        if x.shape[-1] % 2 or x.shape[-2] % 2:  # odd sizes: pad so both paths agree
-            x = F.pad(x, (0, x.shape[-1] % 2, 0, x.shape[-2] % 2))
+        x = pad_to_even(self.relu(x))
         return self.bn(torch.cat([self.conv_1(x), self.conv_2(x[:, :, 1:, 1:])], dim=1))
 
 
