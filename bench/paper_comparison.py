@@ -80,7 +80,9 @@ def main() -> None:
     for sparsity in [float(s) for s in args.sparsities.split(",")]:
         tag = f"{round(sparsity * 100)}"
         search_dir = out / f"search_{tag}"
-        if not (search_dir / "genotype.json").exists():
+        if (search_dir / "checkpoint.pt").exists() and not (search_dir / "genotype.json").exists():
+            dass("search", "--resume", str(search_dir), "--quiet")  # an interrupted earlier run of this script
+        elif not (search_dir / "genotype.json").exists():
             dass("search", *common, "--sparsity", str(sparsity), *plan["search"], "--out", str(search_dir))
         # the baselines' widths match the parameter count of the network built from the found cell
         target = params_of("genotype", genotype=str(search_dir / "genotype.json"), **cell)
@@ -93,7 +95,9 @@ def main() -> None:
         }
         for name, model_args in models.items():
             run_dir = out / name
-            if not (run_dir / "model_sparse.pt").exists():
+            if (run_dir / "checkpoint.pt").exists() and not (run_dir / "model_sparse.pt").exists():
+                dass("train", "--resume", str(run_dir), "--quiet")
+            elif not (run_dir / "model_sparse.pt").exists():
                 dass("train", *common, "--sparsity", str(sparsity), *model_args, *plan["train"], "--out", str(run_dir))
             if not (run_dir / "eval.json").exists():
                 dass("eval", str(run_dir))
