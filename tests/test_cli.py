@@ -1,7 +1,6 @@
 """The command line: each bad input gives one clear message and a non-zero exit, never a traceback."""
 
 import json
-import pickle
 
 import pytest
 import torch

@@ -6,7 +6,7 @@ import signal
 import pytest
 import torch
 
-from tests_helpers import run_cli  # noqa: F401  (path set in conftest)
+from tests_helpers import run_cli  # registered by conftest.py
 
 # 2 steps per epoch (64 train / 64 val images, batch 32), a 2-node cell: small, but every mechanism is there.
 TINY = ["--dataset", "digits", "--subset", "128", "--init-channels", "4", "--layers", "3", "--batch-size", "32",
