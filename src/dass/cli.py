@@ -151,6 +151,57 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .deploy.export import export_run
+
+    result = export_run(args.run_dir, out=args.out, onnx=args.onnx, threads=args.threads)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _int_list(text: str, what: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise DassError(f"{what} must be comma-separated integers like 1,64; got {text!r}") from None
+    if not values or min(values) < 1:
+        raise DassError(f"{what} must be positive integers; got {text!r}")
+    return values
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .deploy.export import bench_run, report_dict, synthetic_model
+    from .deploy.speed import compare_speed
+
+    batches = _int_list(args.batch, "--batch")
+    if (args.run_dir is None) == (args.model is None):
+        raise DassError("give either a trained RUN_DIR or --model NAME --sparsity S (a synthetically pruned model)")
+    if args.run_dir:
+        report = bench_run(args.run_dir, batches, args.threads, args.rounds)
+        target = args.run_dir
+    else:
+        if args.sparsity is None or not 0 <= args.sparsity < 1:
+            raise DassError("--model needs --sparsity in [0, 1), e.g. --sparsity 0.9")
+        shape = _int_list(args.input, "--input")
+        if len(shape) != 3:
+            raise DassError(f"--input must be C,H,W like 3,32,32; got {args.input!r}")
+        kwargs = {"width": args.width} if args.width else {}
+        if args.init_channels:
+            kwargs["init_channels"] = args.init_channels
+        if args.layers:
+            kwargs["layers"] = args.layers
+        model = synthetic_model(args.model, args.sparsity, shape, **kwargs)
+        report = compare_speed(model, shape, batches, args.threads, args.rounds)
+        target = f"{args.model} at {args.sparsity:.0%} sparsity (synthetic)"
+    print(f"{target}: {report.nonzero_macs:,} nonzero multiply-adds per image, {report.threads} threads\n")
+    print(report.table())
+    print()
+    print(report.profile_table())
+    if args.json:
+        print(json.dumps(report_dict(report), indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dass", description="Differentiable architecture search for sparse networks")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -179,6 +230,27 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="a Markdown table over trained runs (evaluates those without eval.json)")
     p.add_argument("run_dirs", nargs="+")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("export", help="pack a trained run for the sparse runtime (and ONNX): model_packed.npz")
+    p.add_argument("run_dir")
+    p.add_argument("--out", help="packed model file (default RUN_DIR/model_packed.npz)")
+    p.add_argument("--onnx", action="store_true", help="also write model.onnx (BN folded) and check it")
+    p.add_argument("--threads", type=int, default=2)
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("bench", help="dense PyTorch vs the packed sparse runtime, side by side")
+    p.add_argument("run_dir", nargs="?", help="a trained run (uses its model_packed.npz if exported)")
+    p.add_argument("--model", help="instead of a run: a synthetically pruned model (resnet18, darts_v2, ...)")
+    p.add_argument("--sparsity", type=float)
+    p.add_argument("--width", type=float, help="width multiplier of a baseline model")
+    p.add_argument("--init-channels", type=int)
+    p.add_argument("--layers", type=int)
+    p.add_argument("--input", default="3,32,32", help="per-image input shape C,H,W (synthetic models)")
+    p.add_argument("--batch", default="1,64", help="batch sizes, comma-separated")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=7, help="alternating timing rounds (medians are reported)")
+    p.add_argument("--json", action="store_true", help="also print the results as JSON")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("show", help="print and draw a genotype (genotype.json, a DARTS string file, or DARTS_V2)")
     p.add_argument("genotype")

@@ -1,0 +1,498 @@
+"""Compile a pruned model into a packed program for the sparse runtime.
+
+Steps: materialize masks and fold batch norm (``fold_batchnorm``), trace with torch.fx and propagate
+shapes for one input size, lower each graph node to a runtime op, fuse activations (into the producing
+convolution's store, or into the padded input copy of the consuming convolutions), pack each
+convolution's weights (CSR-like tap lists, or dense with a shared tap table when density is high), and
+plan one activation arena with buffer reuse by liveness. The result is a :class:`Program`: plain NumPy
+arrays that run without PyTorch.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.fx
+import torch.nn.functional as F
+from torch import nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+from ..errors import DassError
+from .fold import fold_batchnorm
+
+# Instruction layout: must match the Field enum of kernels/sparse_runtime.cpp.
+N_FIELDS = 32
+FIELDS = dict(OP=0, X=1, Y=2, OUT=3, C=4, H=5, W=6, CO=7, HO=8, WO=9, K=10, STRIDE=11, PAD=12, DIL=13, GROUPS=14,
+         ACT=15, IN_ACT=16, WEIGHT=17, BIAS=18, ROWPTR=19, TAPS=20, DENSE=21, KTAPS=22, HQ=23, WQ=24, SCRATCH=25,
+         AUX=26, AUX2=27, X_IMG=28, Y_IMG=29, OUT_IMG=30)
+OPS = dict(conv=1, act=2, add=3, affine=4, pool=5, gap=6, copy_channels=7, shift=8, zero=9)
+ACTS = {None: 0, "relu": 1, "relu6": 2}
+DENSE_THRESHOLD = 0.5  # layers at or above this density use the dense weight layout
+
+
+def _shape(node: torch.fx.Node) -> tuple[int, ...]:
+    meta = node.meta.get("tensor_meta")
+    if meta is None or not hasattr(meta, "shape"):
+        raise DassError(f"cannot compile node {node.name!r} ({node.target}): it does not produce one tensor")
+    shape = tuple(int(s) for s in meta.shape[1:])
+    if len(shape) == 1:
+        return (shape[0], 1, 1)
+    if len(shape) != 3:
+        raise DassError(f"cannot compile node {node.name!r}: the runtime handles (C,) and (C, H, W) tensors, "
+                        f"got per-sample shape {shape}")
+    return shape
+
+
+@dataclass
+class Value:
+    """A tensor of the program: its per-image shape and the id of the buffer that holds it."""
+
+    shape: tuple[int, int, int]
+    buffer: int
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+
+@dataclass
+class IROp:
+    kind: str
+    inputs: list[int]            # value ids
+    output: int                  # value id
+    params: dict = field(default_factory=dict)
+    label: str = ""
+    alive: bool = True
+
+
+def _scalar_pair(v, what: str) -> int:
+    if isinstance(v, (tuple, list)):
+        if len(set(v)) != 1:
+            raise DassError(f"the runtime supports square {what} only, got {v}")
+        v = v[0]
+    return int(v)
+
+
+class _Lowering:
+    """Turns the traced graph into IR ops over values."""
+
+    def __init__(self, gm: torch.fx.GraphModule):
+        self.gm = gm
+        self.modules = dict(gm.named_modules())
+        self.values: list[Value] = []
+        self.ops: list[IROp] = []
+        self.env: dict[str, int] = {}
+        self.n_buffers = 0
+        self.input_id = -1
+        self.output_id = -1
+
+    def new_value(self, shape: tuple[int, ...]) -> int:
+        self.values.append(Value(tuple(shape), self.n_buffers))
+        self.n_buffers += 1
+        return len(self.values) - 1
+
+    def alias(self, node: torch.fx.Node, src: int) -> None:
+        self.env[node.name] = src
+
+    def emit(self, kind: str, node: torch.fx.Node, inputs: list[int], label: str = "", **params) -> int:
+        out = self.new_value(_shape(node))
+        self.ops.append(IROp(kind, inputs, out, params, label or kind))
+        self.env[node.name] = out
+        return out
+
+    def arg(self, a) -> int:
+        if not isinstance(a, torch.fx.Node):
+            raise DassError(f"the runtime cannot use a constant tensor argument ({a!r})")
+        return self.env[a.name]
+
+    def run(self) -> None:
+        for node in self.gm.graph.nodes:
+            if node.op == "placeholder":
+                if self.input_id >= 0:
+                    raise DassError("the runtime compiles models with one input")
+                self.input_id = self.new_value(_shape(node))
+                self.env[node.name] = self.input_id
+            elif node.op == "output":
+                out = node.args[0]
+                if isinstance(out, (tuple, list)):
+                    out = out[0]
+                self.output_id = self.arg(out)
+                self.output_dims = tuple(int(d) for d in out.meta["tensor_meta"].shape[1:])
+            elif node.op == "call_module":
+                self.module(node, self.modules[node.target])
+            elif node.op in ("call_function", "call_method"):
+                self.function(node)
+            elif node.op == "get_attr":
+                raise DassError(f"the runtime cannot use parameter {node.target!r} outside a layer")
+
+    def module(self, node: torch.fx.Node, m: nn.Module) -> None:
+        x = self.arg(node.args[0])
+        if isinstance(m, nn.Conv2d):
+            if m.padding_mode != "zeros" or isinstance(m.padding, str):
+                raise DassError(f"{node.target}: the runtime supports numeric zero padding only")
+            self.emit("conv", node, [x], weight=m.weight.detach().float().numpy(),
+                      bias=None if m.bias is None else m.bias.detach().float().numpy(),
+                      stride=_scalar_pair(m.stride, "strides"), pad=_scalar_pair(m.padding, "padding"),
+                      dil=_scalar_pair(m.dilation, "dilation"), groups=m.groups, act=None)
+        elif isinstance(m, nn.Linear):
+            w = m.weight.detach().float().numpy()[:, :, None, None]
+            self.emit("conv", node, [x], weight=w, bias=None if m.bias is None else m.bias.detach().float().numpy(),
+                      stride=1, pad=0, dil=1, groups=1, act=None, linear=True)
+        elif isinstance(m, nn.BatchNorm2d):
+            scale = (m.weight if m.affine else torch.ones_like(m.running_var)) / torch.sqrt(m.running_var + m.eps)
+            shift = (m.bias if m.affine else torch.zeros_like(m.running_mean)) - m.running_mean * scale
+            self.emit("affine", node, [x], scale=scale.detach().float().numpy(), shift=shift.detach().float().numpy(),
+                      act=None)
+        elif isinstance(m, (nn.ReLU, nn.ReLU6)):
+            self.emit("act", node, [x], act="relu" if isinstance(m, nn.ReLU) else "relu6")
+        elif isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)):
+            self.pool(node, x, m.kernel_size, m.stride, m.padding, isinstance(m, nn.MaxPool2d),
+                      getattr(m, "count_include_pad", True), m.ceil_mode, getattr(m, "dilation", 1))
+        elif isinstance(m, nn.AdaptiveAvgPool2d):
+            if _shape(node)[1:] != (1, 1):
+                raise DassError(f"{node.target}: the runtime supports global average pooling only")
+            self.emit("gap", node, [x])
+        elif isinstance(m, (nn.Identity, nn.Dropout, nn.Flatten)):
+            self.alias(node, x)
+        else:
+            raise DassError(f"the runtime does not support layer {node.target!r} ({type(m).__name__})")
+
+    def pool(self, node, x, k, s, p, is_max, count_pad, ceil_mode, dilation=1) -> None:
+        if ceil_mode or _scalar_pair(dilation, "dilation") != 1:
+            raise DassError(f"{node.name}: pooling with ceil_mode or dilation is not supported by the runtime")
+        s = k if s is None or s == [] else s
+        kind = 0 if is_max else (2 if count_pad else 1)
+        self.emit("pool", node, [x], label="pool", k=_scalar_pair(k, "pool windows"), stride=_scalar_pair(s, "strides"),
+                  pad=_scalar_pair(p, "padding"), pool_kind=kind, act=None)
+
+    def function(self, node: torch.fx.Node) -> None:
+        t, args, kw = node.target, node.args, node.kwargs
+        name = t if isinstance(t, str) else getattr(t, "__name__", str(t))
+        if t in (operator.add, torch.add) or name == "add":
+            a, b = args[0], args[1]
+            for const, other in ((a, b), (b, a)):
+                if isinstance(const, (int, float)) and const == 0 and isinstance(other, torch.fx.Node):
+                    self.alias(node, self.arg(other))  # `0 + h`: the sum's start value
+                    return
+            if not (isinstance(a, torch.fx.Node) and isinstance(b, torch.fx.Node)):
+                raise DassError(f"{node.name}: the runtime adds two tensors only")
+            if _shape(a) != _shape(b):
+                raise DassError(f"{node.name}: the runtime does not broadcast in additions")
+            self.emit("add", node, [self.arg(a), self.arg(b)], act=None)
+        elif t in (F.relu, torch.relu) or name == "relu":
+            self.emit("act", node, [self.arg(args[0])], act="relu")
+        elif t is F.relu6 or name == "relu6":
+            self.emit("act", node, [self.arg(args[0])], act="relu6")
+        elif t is torch.cat:
+            dim = args[1] if len(args) > 1 else kw.get("dim", 0)
+            if dim not in (1, -3):
+                raise DassError(f"{node.name}: the runtime concatenates along channels only")
+            self.emit("concat", node, [self.arg(a) for a in args[0]])
+        elif t is F.adaptive_avg_pool2d or (t is torch.mean and _shape(node)[1:] == (1, 1)):
+            if _shape(node)[1:] != (1, 1):
+                raise DassError(f"{node.name}: the runtime supports global average pooling only")
+            self.emit("gap", node, [self.arg(args[0])])
+        elif t is torch.flatten or name in ("flatten", "view", "reshape"):
+            self.alias(node, self.arg(args[0]))
+        elif t is F.max_pool2d or t is F.avg_pool2d:
+            k = args[1] if len(args) > 1 else kw["kernel_size"]
+            s = args[2] if len(args) > 2 else kw.get("stride")
+            p = args[3] if len(args) > 3 else kw.get("padding", 0)
+            self.pool(node, self.arg(args[0]), k, s or k, p, t is F.max_pool2d, kw.get("count_include_pad", True),
+                      kw.get("ceil_mode", False))
+        elif name == "pad_to_even":
+            x = args[0]
+            if _shape(x) == _shape(node):
+                self.alias(node, self.arg(x))
+            else:
+                self.emit("shift", node, [self.arg(x)], dy=0, dx=0)
+        elif name == "pool_if_possible":
+            x = args[0]
+            if _shape(x) == _shape(node):
+                self.alias(node, self.arg(x))
+            else:
+                self.pool(node, self.arg(x), 2, 2, 0, True, True, False)
+        elif t is operator.getitem:
+            self.crop(node)
+        elif name == "mul" and len(args) == 2 and args[1] == 0.0:
+            self.emit("zero", node, [self.arg(args[0])])
+        else:
+            raise DassError(f"the runtime does not support {node.op} {name!r} (node {node.name})")
+
+    def crop(self, node: torch.fx.Node) -> None:
+        x, index = node.args
+        index = index if isinstance(index, tuple) else (index,)
+        starts = []
+        for i, sl in enumerate(index):
+            if not isinstance(sl, slice) or sl.step not in (None, 1):
+                raise DassError(f"{node.name}: the runtime supports unit-step slices only")
+            if i < 2 and (sl.start, sl.stop) != (None, None):
+                raise DassError(f"{node.name}: the runtime slices height and width only")
+            starts.append(sl.start or 0)
+        starts += [0] * (4 - len(starts))
+        self.emit("shift", node, [self.arg(x)], dy=int(starts[2]), dx=int(starts[3]))
+
+
+def _fuse(low: _Lowering) -> None:
+    """Deduplicate activations and fold them into their producer or their consumers."""
+    ops = low.ops
+    producer = {op.output: op for op in ops}
+    # 1. identical activations of the same value (DARTS gives every op on an edge its own ReLU)
+    seen: dict[tuple, int] = {}
+    rename: dict[int, int] = {}
+    for op in ops:
+        op.inputs = [rename.get(i, i) for i in op.inputs]
+        if op.kind == "act":
+            key = (op.params["act"], op.inputs[0])
+            if key in seen:
+                rename[op.output] = seen[key]
+                op.alive = False
+            else:
+                seen[key] = op.output
+    low.output_id = rename.get(low.output_id, low.output_id)
+    ops = [op for op in ops if op.alive]
+
+    def users_of(value: int) -> list[IROp]:
+        return [op for op in ops if op.alive and value in op.inputs]
+
+    # 2. activation into the producing conv / add / affine / pool when it is the producer's only user
+    for op in ops:
+        if op.kind != "act" or not op.alive:
+            continue
+        src = producer.get(op.inputs[0])
+        if (src is not None and src.alive and src.kind in ("conv", "add", "affine") and src.params.get("act") is None
+                and len(users_of(src.output)) == 1 and src.output != low.output_id):
+            src.params["act"] = op.params["act"]
+            _replace(ops, op.output, src.output)
+            if low.output_id == op.output:
+                low.output_id = src.output
+            op.alive = False
+    ops = [op for op in ops if op.alive]
+
+    # 3. activation into the padded input copy of every consuming conv that makes such a copy
+    for op in ops:
+        if op.kind != "act" or not op.alive or op.output == low.output_id:
+            continue
+        users = users_of(op.output)
+        if users and all(u.kind == "conv" and _needs_copy(u) and u.params.get("in_act") is None for u in users):
+            for u in users:
+                u.params["in_act"] = op.params["act"]
+                u.inputs = [op.inputs[0]]
+            op.alive = False
+    low.ops = [op for op in ops if op.alive]
+
+
+def _replace(ops: list[IROp], old: int, new: int) -> None:
+    for op in ops:
+        op.inputs = [new if i == old else i for i in op.inputs]
+
+
+def _needs_copy(op: IROp) -> bool:
+    p = op.params
+    return p["stride"] > 1 or p["pad"] > 0
+
+
+@dataclass
+class Program:
+    """A compiled network: instructions, weight pools and the arena plan (all NumPy, no PyTorch)."""
+
+    instructions: np.ndarray     # (n, N_FIELDS) int64
+    fpool: np.ndarray            # float32
+    ipool: np.ndarray            # int32
+    arena_size: int              # floats per image
+    scratch_size: int            # floats per image
+    input_offset: int
+    input_shape: tuple[int, int, int]
+    output_offset: int
+    output_shape: tuple[int, int, int]
+    labels: list[str]            # per instruction, for profiles
+    macs: list[int]              # nonzero multiply-adds per instruction and image
+    output_dims: tuple[int, ...]  # the model's per-image output shape, e.g. (classes,)
+
+    @property
+    def output_size(self) -> int:
+        return math.prod(self.output_shape)
+
+
+class _Pools:
+    def __init__(self) -> None:
+        self.floats: list[np.ndarray] = []
+        self.ints: list[np.ndarray] = []
+        self.nf = 0
+        self.ni = 0
+
+    def f(self, a: np.ndarray) -> int:
+        at = self.nf
+        self.floats.append(np.ascontiguousarray(a, dtype=np.float32).ravel())
+        self.nf += self.floats[-1].size
+        return at
+
+    def i(self, a: np.ndarray) -> int:
+        at = self.ni
+        a = np.ascontiguousarray(a).ravel()
+        if a.size and (a.max() >= 2**31 or a.min() < -(2**31)):
+            raise DassError("a layer is too large for the runtime's 32-bit offsets")
+        self.ints.append(a.astype(np.int32))
+        self.ni += a.size
+        return at
+
+
+def _plan_arena(low: _Lowering, keep: set[int]) -> tuple[dict[int, int], int]:
+    """Per-image arena offsets for each buffer, reusing memory of buffers whose last reader has run."""
+    last_use: dict[int, int] = {}
+    for k, op in enumerate(low.ops):
+        for v in op.inputs:
+            last_use[low.values[v].buffer] = k
+    size_of = {low.values[v].buffer: low.values[v].size for v in range(len(low.values))}
+    offsets: dict[int, int] = {}
+    free: list[tuple[int, int]] = []   # (offset, size)
+    top = 0
+
+    def alloc(size: int) -> int:
+        nonlocal top
+        for j, (off, sz) in enumerate(free):
+            if sz >= size:
+                if sz > size:
+                    free[j] = (off + size, sz - size)
+                else:
+                    free.pop(j)
+                return off
+        top += size
+        return top - size
+
+    offsets[low.values[low.input_id].buffer] = alloc(low.values[low.input_id].size)
+    for k, op in enumerate(low.ops):
+        b = low.values[op.output].buffer
+        if b not in offsets:
+            offsets[b] = alloc(size_of[b])
+        for v in set(op.inputs):
+            ib = low.values[v].buffer
+            if last_use.get(ib) == k and ib not in keep and ib != b:
+                free.append((offsets[ib], size_of[ib]))
+                free.sort()
+    return offsets, top
+
+
+def _conv_fields(op: IROp, x: Value, out: Value, pools: _Pools, dense_threshold: float) -> tuple[dict, int, int]:
+    p = op.params
+    w: np.ndarray = p["weight"]
+    co, cin_g, k, k2 = w.shape
+    if k != k2:
+        raise DassError("the runtime supports square kernels only")
+    s, pad, d, groups = p["stride"], p["pad"], p["dil"], p["groups"]
+    cin, h, wd = x.shape
+    _, ho, wo = out.shape
+    copy = s > 1 or pad > 0 or p.get("in_act") is not None
+    if copy:
+        reach = ((k - 1) * d) // s
+        hq = max(-(-(h + 2 * pad) // s), ho + reach)
+        wq = max(-(-(wd + 2 * pad) // s), wo + reach)
+        if s == 1:
+            hq, wq = h + 2 * pad, wd + 2 * pad
+    else:
+        hq, wq = h, wd
+    plane = s * s * hq * wq if copy else h * wd
+    ky, kx = np.meshgrid(np.arange(k), np.arange(k), indexing="ij")
+    tap_yx = (((ky * d) % s) * s + (kx * d) % s) * hq * wq + ((ky * d) // s) * wq + (kx * d) // s if copy \
+        else ky * d * wd + kx * d
+    table = (np.arange(cin_g)[:, None] * plane + tap_yx.ravel()[None, :]).ravel()  # relative to the group's channel 0
+    flat = w.reshape(co, -1)
+    nnz = int(np.count_nonzero(flat))
+    density = nnz / max(1, flat.size)
+    fields = dict(C=cin, H=h, W=wd, CO=co, HO=ho, WO=wo, K=k, STRIDE=s, PAD=pad, DIL=d, GROUPS=groups,
+                  ACT=ACTS[p.get("act")], IN_ACT=ACTS[p.get("in_act")], HQ=hq, WQ=wq, SCRATCH=int(copy),
+                  BIAS=pools.f(p["bias"]) if p["bias"] is not None else -1)
+    if density >= dense_threshold:
+        fields.update(DENSE=1, KTAPS=table.size, WEIGHT=pools.f(flat), TAPS=pools.i(table), ROWPTR=0)
+    else:
+        rows, cols = np.nonzero(flat)
+        group_base = (rows // (co // groups)) * cin_g * plane
+        rowptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=co))])
+        fields.update(DENSE=0, KTAPS=0, WEIGHT=pools.f(flat[rows, cols]), TAPS=pools.i(table[cols] + group_base),
+                      ROWPTR=pools.i(rowptr))
+    scratch = cin * plane if copy else 0
+    return fields, scratch, nnz * ho * wo
+
+
+def _label(op: IROp, x: Value) -> str:
+    if op.kind != "conv":
+        return op.kind
+    p = op.params
+    k = p["weight"].shape[-1]
+    if p.get("linear"):
+        return "linear"
+    if p["groups"] > 1 and p["groups"] == x.shape[0]:
+        return f"depthwise {k}x{k}" + (" dilated" if p["dil"] > 1 else "")
+    if k == 1:
+        return "pointwise"
+    return f"conv {k}x{k}" + (" dilated" if p["dil"] > 1 else "")
+
+
+def compile_model(model: nn.Module, input_shape: tuple[int, int, int],
+                  dense_threshold: float = DENSE_THRESHOLD) -> Program:
+    """Compile ``model`` (sparse layers, eval mode) for inputs of per-image shape ``input_shape``."""
+    folded = fold_batchnorm(model)
+    ShapeProp(folded).propagate(torch.zeros(1, *input_shape))
+    low = _Lowering(folded)
+    low.run()
+    _fuse(low)
+    keep = {low.values[low.output_id].buffer, low.values[low.input_id].buffer}
+    offsets, top = _plan_arena(low, keep)
+    pools = _Pools()
+    pools.f(np.zeros(1, np.float32))
+    pools.i(np.zeros(1, np.int32))
+    rows, labels, macs = [], [], []
+    scratch = 0
+    for op in low.ops:
+        ins = [low.values[v] for v in op.inputs]
+        out = low.values[op.output]
+        if op.kind == "concat":
+            at = 0
+            for v in ins:
+                rows.append(_row("copy_channels", v, None, out, offsets, C=v.shape[0], H=v.shape[1], W=v.shape[2],
+                                 AUX=at))
+                labels.append("concat")
+                macs.append(0)
+                at += v.shape[0]
+            continue
+        x = ins[0]
+        fields: dict = dict(C=x.shape[0], H=x.shape[1], W=x.shape[2], CO=out.shape[0], HO=out.shape[1],
+                            WO=out.shape[2], ACT=ACTS[op.params.get("act")])
+        mac = 0
+        if op.kind == "conv":
+            fields, need, mac = _conv_fields(op, x, out, pools, dense_threshold)
+            scratch = max(scratch, need)
+        elif op.kind == "act":
+            fields["ACT"] = ACTS[op.params["act"]]
+        elif op.kind == "affine":
+            fields.update(WEIGHT=pools.f(op.params["scale"]), BIAS=pools.f(op.params["shift"]))
+        elif op.kind == "pool":
+            fields.update(K=op.params["k"], STRIDE=op.params["stride"], PAD=op.params["pad"], AUX=op.params["pool_kind"])
+        elif op.kind == "shift":
+            fields.update(AUX=op.params["dy"], AUX2=op.params["dx"])
+        rows.append(_row(op.kind, x, ins[1] if len(ins) > 1 else None, out, offsets, **fields))
+        labels.append(_label(op, x))
+        macs.append(mac)
+    inp, outv = low.values[low.input_id], low.values[low.output_id]
+    return Program(
+        instructions=np.stack(rows) if rows else np.zeros((0, N_FIELDS), np.int64),
+        fpool=np.concatenate(pools.floats), ipool=np.concatenate(pools.ints), arena_size=top,
+        scratch_size=scratch, input_offset=offsets[inp.buffer], input_shape=inp.shape,
+        output_offset=offsets[outv.buffer], output_shape=outv.shape, labels=labels, macs=macs,
+        output_dims=low.output_dims)
+
+
+def _row(kind: str, x: Value, y: Value | None, out: Value, offsets: dict[int, int], **fields) -> np.ndarray:
+    row = np.zeros(N_FIELDS, np.int64)
+    row[FIELDS["OP"]] = OPS[kind]
+    row[FIELDS["X"]], row[FIELDS["X_IMG"]] = offsets[x.buffer], x.size
+    if y is not None:
+        row[FIELDS["Y"]], row[FIELDS["Y_IMG"]] = offsets[y.buffer], y.size
+    row[FIELDS["OUT"]], row[FIELDS["OUT_IMG"]] = offsets[out.buffer], out.size
+    for name, value in fields.items():
+        row[FIELDS[name]] = value
+    return row

@@ -1,0 +1,93 @@
+"""`dass export` and `dass bench`: from a trained run (or a synthetically pruned model) to a packed model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..data import Normalization
+from ..errors import DassError
+from ..runtime import atomic_write_text
+from .compiler import compile_model
+from .packed import PackedModel
+from .speed import SpeedReport, calibrate_batchnorm, compare_speed
+
+PACKED_NAME = "model_packed.npz"
+TOLERANCE = 1e-4
+
+
+def _test_images(info: dict, count: int = 64) -> torch.Tensor:
+    """The first ``count`` test images of the run's dataset, normalized as in training."""
+    dataset = info["dataset"]
+    stats = info["normalization"]
+    norm = Normalization(torch.tensor(stats["mean"]), torch.tensor(stats["std"]))
+    return norm(dataset.x_test[:count]).contiguous()
+
+
+def export_run(run_dir: str | Path, out: str | Path | None = None, onnx: bool = False,
+               threads: int = 2) -> dict:
+    """Pack a finished training run; check the packed (and ONNX) model against PyTorch on test images."""
+    from ..train.evaluate import load_trained
+
+    run_dir = Path(run_dir)
+    model, _, info = load_trained(run_dir)
+    shape = info["input_shape"]
+    packed = PackedModel(compile_model(model, shape), threads=threads)
+    images = _test_images(info)
+    with torch.no_grad():
+        reference = model(images).numpy()
+    diff = float(np.abs(packed(images.numpy()) - reference).max())
+    if diff > 10 * TOLERANCE:
+        raise DassError(f"the packed model disagrees with PyTorch by {diff:.2e} (max abs) on test images; "
+                        f"this is a bug in dass, please report it with the run's config.yaml")
+    path = packed.save(Path(out) if out else run_dir / PACKED_NAME)
+    result = {"packed": str(path), "bytes": path.stat().st_size, "instructions": len(packed.program.instructions),
+              "nonzero_macs": packed.nonzero_macs, "max_abs_diff": diff}
+    if onnx:
+        from .onnx_export import check_onnx, export_onnx
+
+        onnx_path = export_onnx(model, shape, path.with_name("model.onnx"))
+        result.update(onnx=str(onnx_path), onnx_max_abs_diff=check_onnx(model, onnx_path, shape, batch=8))
+    atomic_write_text(run_dir / "export.json", json.dumps(result, indent=2) + "\n") if out is None else None
+    return result
+
+
+def synthetic_model(name: str, sparsity: float, input_shape: tuple[int, int, int], seed: int = 0,
+                    **model_kwargs) -> nn.Module:
+    """A model pruned to ``sparsity`` by per-layer weight magnitude, batch norm calibrated on noise.
+
+    For speed measurements only (its accuracy means nothing): its nonzero pattern and per-layer
+    densities are those of a HYDRA/magnitude-pruned network at that sparsity.
+    """
+    from ..models import build_model
+    from ..sparse import init_scores, set_sparsity
+
+    torch.manual_seed(seed)
+    model = build_model(name, in_channels=input_shape[0], **model_kwargs)
+    init_scores(model)
+    set_sparsity(model, sparsity)
+    calibrate_batchnorm(model, torch.randn(256, *input_shape))
+    return model.eval()
+
+
+def bench_run(run_dir: str | Path, batches: tuple[int, ...], threads: int, rounds: int) -> SpeedReport:
+    from ..train.evaluate import load_trained
+
+    run_dir = Path(run_dir)
+    model, _, info = load_trained(run_dir)
+    packed_file = run_dir / PACKED_NAME
+    packed = PackedModel.load(packed_file, threads) if packed_file.is_file() else None
+    report = compare_speed(model, info["input_shape"], batches, threads, rounds, inputs=_test_images(info), packed=packed)
+    atomic_write_text(run_dir / "bench.json", json.dumps(report_dict(report), indent=2) + "\n")
+    return report
+
+
+def report_dict(report: SpeedReport) -> dict:
+    return {"threads": report.threads, "nonzero_macs": report.nonzero_macs,
+            "results": [dict(batch=r.batch, dense_ms=r.dense_ms, packed_ms=r.packed_ms, speedup=r.speedup,
+                             max_abs_diff=r.max_abs_diff) for r in report.results],
+            "profile_batch1": report.profile}

@@ -1,0 +1,431 @@
+// The packed sparse runtime: executes a whole compiled network in one call.
+//
+// Why one call: at batch 1 the layers of a pruned network hold a few thousand multiply-adds each, so any
+// per-layer dispatch from Python (or per-layer OpenMP fork/join) costs more than the arithmetic. The
+// Python side (dass.deploy.compiler) turns the network into a flat program of fixed-size instructions
+// over one activation arena; this file runs it inside a single OpenMP parallel region, one barrier per
+// instruction.
+//
+// Convolutions are "direct sparse convolutions": each output channel holds a list of (offset, weight)
+// taps, where the offset addresses the tap's input channel / row / column in a zero-padded and, for
+// strided convolutions, phase-split copy of the input. Every tap then becomes one vector multiply-add
+// over a contiguous tile of output pixels, accumulated in registers (output-stationary). Pointwise and
+// linear layers are the same kernel with one tap per input channel (CSR); depthwise, dilated and strided
+// convolutions differ only in their offsets. Layers kept dense store all weights with a shared offset
+// table per group (no per-weight index).
+//
+// Layout: activations are NCHW float32; every buffer of the program has a fixed per-image size and lives
+// at (per-image offset * batch) in the arena, so a batch of N is N contiguous images per buffer.
+
+#include <Python.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <omp.h>
+#include <pmmintrin.h>
+#include <xmmintrin.h>
+
+namespace {
+
+enum Op : int64_t {
+  OP_CONV = 1,
+  OP_ACT = 2,
+  OP_ADD = 3,
+  OP_AFFINE = 4,
+  OP_POOL = 5,
+  OP_GAP = 6,
+  OP_COPY_CHANNELS = 7,
+  OP_SHIFT = 8,
+  OP_ZERO = 9,
+};
+
+enum Act : int64_t { ACT_NONE = 0, ACT_RELU = 1, ACT_RELU6 = 2 };
+
+// Instruction fields (int64 each); the Python compiler writes the same indices.
+enum Field {
+  F_OP = 0, F_X = 1, F_Y = 2, F_OUT = 3,           // per-image arena offsets (floats)
+  F_C = 4, F_H = 5, F_W = 6,                       // input shape
+  F_CO = 7, F_HO = 8, F_WO = 9,                    // output shape
+  F_K = 10, F_STRIDE = 11, F_PAD = 12, F_DIL = 13, F_GROUPS = 14,
+  F_ACT = 15, F_IN_ACT = 16,                       // output activation; activation applied to the input copy
+  F_WEIGHT = 17, F_BIAS = 18,                      // offsets into the float pool (-1: none)
+  F_ROWPTR = 19, F_TAPS = 20,                      // offsets into the int pool
+  F_DENSE = 21, F_KTAPS = 22,                      // 1: dense weights with a shared tap table of KTAPS entries
+  F_HQ = 23, F_WQ = 24, F_SCRATCH = 25,            // padded/phase-split input plane; 1: build it
+  F_AUX = 26, F_AUX2 = 27,                          // op-specific (pool kind, channel offset, shifts)
+  F_X_IMG = 28, F_Y_IMG = 29, F_OUT_IMG = 30,      // per-image sizes (floats) of x, y, out
+  N_FIELDS = 32
+};
+
+inline float act_apply(float v, int64_t act) {
+  if (act == ACT_RELU) return v > 0.f ? v : 0.f;
+  if (act == ACT_RELU6) return v < 0.f ? 0.f : (v > 6.f ? 6.f : v);
+  return v;
+}
+
+typedef float v8f __attribute__((vector_size(32)));
+typedef float v8u __attribute__((vector_size(32), aligned(4)));  // unaligned loads
+typedef float v4f __attribute__((vector_size(16)));
+typedef float v4u __attribute__((vector_size(16), aligned(4)));
+
+template <typename VT> struct Unaligned;
+template <> struct Unaligned<v8f> { typedef v8u type; };
+template <> struct Unaligned<v4f> { typedef v4u type; };
+
+// One output tile of R rows x (V vectors of L floats), accumulated in registers over all taps of one
+// output channel: per tap one broadcast weight and R*V vector loads and multiply-adds, no stores.
+template <typename VT, int L, int V, int R>
+inline void conv_tile(const float* __restrict src, int64_t src_row, const int32_t* __restrict taps,
+                      const float* __restrict w, int64_t count, float bias, float* __restrict dst,
+                      int64_t dst_row, int64_t act) {
+  typedef typename Unaligned<VT>::type VU;
+  // Small tiles have few independent accumulator chains and would wait on the multiply-add latency:
+  // they take taps two at a time into two sets of accumulators.
+  constexpr int U = V * R <= 4 ? 2 : 1;
+  VT acc[U][R][V];
+#pragma GCC unroll 16
+  for (int u = 0; u < U; ++u)
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 16
+      for (int v = 0; v < V; ++v) acc[u][r][v] = VT{} + (u == 0 ? bias : 0.f);
+  int64_t j = 0;
+  for (; j + U <= count; j += U) {
+#pragma GCC unroll 2
+    for (int u = 0; u < U; ++u) {
+      const float* __restrict p = src + taps[j + u];
+      const float wj = w[j + u];
+#pragma GCC unroll 16
+      for (int r = 0; r < R; ++r)
+#pragma GCC unroll 16
+        for (int v = 0; v < V; ++v) acc[u][r][v] += wj * *reinterpret_cast<const VU*>(p + r * src_row + v * L);
+    }
+  }
+  for (; j < count; ++j) {
+    const float* __restrict p = src + taps[j];
+    const float wj = w[j];
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 16
+      for (int v = 0; v < V; ++v) acc[0][r][v] += wj * *reinterpret_cast<const VU*>(p + r * src_row + v * L);
+  }
+  for (int r = 0; r < R; ++r) {
+    VT sum[V];
+    for (int v = 0; v < V; ++v) {
+      sum[v] = acc[0][r][v];
+      for (int u = 1; u < U; ++u) sum[v] += acc[u][r][v];
+    }
+    float tmp[V * L];
+    std::memcpy(tmp, sum, sizeof(tmp));
+    for (int t = 0; t < V * L; ++t) dst[r * dst_row + t] = act_apply(tmp[t], act);
+  }
+}
+
+// Scalar tile for the narrow remainders (planes 2 or 1 pixel wide).
+template <int T, int R>
+inline void conv_tile_scalar(const float* __restrict src, int64_t src_row, const int32_t* __restrict taps,
+                             const float* __restrict w, int64_t count, float bias, float* __restrict dst,
+                             int64_t dst_row, int64_t act) {
+  float acc[R][T];
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < T; ++t) acc[r][t] = bias;
+  for (int64_t j = 0; j < count; ++j) {
+    const float* __restrict p = src + taps[j];
+    const float wj = w[j];
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 16
+      for (int t = 0; t < T; ++t) acc[r][t] += wj * p[r * src_row + t];
+  }
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < T; ++t) dst[r * dst_row + t] = act_apply(acc[r][t], act);
+}
+
+template <int T, int R>
+inline void tile(const float* src, int64_t src_row, const int32_t* taps, const float* w, int64_t count, float bias,
+                 float* dst, int64_t dst_row, int64_t act) {
+  if constexpr (T % 8 == 0)
+    conv_tile<v8f, 8, T / 8, R>(src, src_row, taps, w, count, bias, dst, dst_row, act);
+  else if constexpr (T == 4)
+    conv_tile<v4f, 4, 1, R>(src, src_row, taps, w, count, bias, dst, dst_row, act);
+  else
+    conv_tile_scalar<T, R>(src, src_row, taps, w, count, bias, dst, dst_row, act);
+}
+
+template <int T, int R>
+inline void conv_rows(const float* src, int64_t src_row, const int32_t* taps, const float* w, int64_t count,
+                      float bias, float* dst, int64_t dst_row, int64_t rows, int64_t x0, int64_t act) {
+  int64_t y = 0;
+  for (; y + R <= rows; y += R)
+    tile<T, R>(src + y * src_row + x0, src_row, taps, w, count, bias, dst + y * dst_row + x0, dst_row, act);
+  for (; y < rows; ++y)
+    tile<T, 1>(src + y * src_row + x0, src_row, taps, w, count, bias, dst + y * dst_row + x0, dst_row, act);
+}
+
+// All output pixels of one output channel: the row is cut into tiles of 32/16/8/4/2/1 columns.
+void conv_channel(const float* src, int64_t src_row, const int32_t* taps, const float* w, int64_t count,
+                  float bias, float* dst, int64_t wo, int64_t ho, int64_t act) {
+  int64_t x = 0;
+  for (; x + 32 <= wo; x += 32) conv_rows<32, 2>(src, src_row, taps, w, count, bias, dst, wo, ho, x, act);
+  for (; x + 16 <= wo; x += 16) conv_rows<16, 4>(src, src_row, taps, w, count, bias, dst, wo, ho, x, act);
+  for (; x + 8 <= wo; x += 8) conv_rows<8, 4>(src, src_row, taps, w, count, bias, dst, wo, ho, x, act);
+  for (; x + 4 <= wo; x += 4) conv_rows<4, 4>(src, src_row, taps, w, count, bias, dst, wo, ho, x, act);
+  for (; x + 2 <= wo; x += 2) conv_rows<2, 4>(src, src_row, taps, w, count, bias, dst, wo, ho, x, act);
+  for (; x < wo; ++x) conv_rows<1, 4>(src, src_row, taps, w, count, bias, dst, wo, ho, x, act);
+}
+
+// Zero-padded, phase-split copy of one input channel: plane (a, b) holds padded pixels (q*s + a, r*s + b),
+// so a strided tap reads a contiguous run. The input activation is applied on the way.
+void build_phases(const float* in, int64_t h, int64_t wd, int64_t pad, int64_t s, int64_t hq, int64_t wq,
+                  int64_t in_act, float* out) {
+  if (s == 1) {
+    std::fill(out, out + pad * wq, 0.f);
+    for (int64_t y = 0; y < h; ++y) {
+      float* row = out + (y + pad) * wq;
+      std::fill(row, row + pad, 0.f);
+      const float* src = in + y * wd;
+      if (in_act == ACT_NONE) {
+        std::memcpy(row + pad, src, sizeof(float) * wd);
+      } else {
+        for (int64_t x = 0; x < wd; ++x) row[pad + x] = act_apply(src[x], in_act);
+      }
+      std::fill(row + pad + wd, row + wq, 0.f);
+    }
+    std::fill(out + (h + pad) * wq, out + hq * wq, 0.f);
+    return;
+  }
+  for (int64_t a = 0; a < s; ++a)
+    for (int64_t b = 0; b < s; ++b) {
+      float* plane = out + (a * s + b) * hq * wq;
+      for (int64_t q = 0; q < hq; ++q) {
+        const int64_t y = q * s + a - pad;
+        float* row = plane + q * wq;
+        if (y < 0 || y >= h) {
+          std::fill(row, row + wq, 0.f);
+          continue;
+        }
+        const float* src = in + y * wd;
+        for (int64_t r = 0; r < wq; ++r) {
+          const int64_t x = r * s + b - pad;
+          row[r] = (x < 0 || x >= wd) ? 0.f : act_apply(src[x], in_act);
+        }
+      }
+    }
+}
+
+struct Ctx {
+  float* arena;
+  float* scratch;
+  const float* fpool;
+  const int32_t* ipool;
+  int64_t batch;
+};
+
+void run_conv(const int64_t* f, const Ctx& c) {
+  const int64_t n = c.batch, cin = f[F_C], h = f[F_H], wd = f[F_W], co = f[F_CO], ho = f[F_HO], wo = f[F_WO];
+  const int64_t s = f[F_STRIDE], hq = f[F_HQ], wq = f[F_WQ];
+  const float* x = c.arena + f[F_X] * n;
+  float* out = c.arena + f[F_OUT] * n;
+  const int64_t x_img = f[F_X_IMG], out_img = f[F_OUT_IMG];
+  const float* src = x;
+  int64_t src_img = x_img;
+  if (f[F_SCRATCH]) {
+    const int64_t plane = s * s * hq * wq;
+#pragma omp for schedule(static) collapse(2)
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t ch = 0; ch < cin; ++ch)
+        build_phases(x + i * x_img + ch * h * wd, h, wd, f[F_PAD], s, hq, wq, f[F_IN_ACT],
+                     c.scratch + i * cin * plane + ch * plane);
+    src = c.scratch;
+    src_img = cin * plane;
+  }
+  const float* bias = f[F_BIAS] >= 0 ? c.fpool + f[F_BIAS] : nullptr;
+  const float* weight = c.fpool + f[F_WEIGHT];
+  const int32_t* rowptr = c.ipool + f[F_ROWPTR];
+  const int32_t* taps = c.ipool + f[F_TAPS];
+  const bool dense = f[F_DENSE] != 0;
+  const int64_t ktaps = f[F_KTAPS], groups = f[F_GROUPS], cout_g = co / groups;
+  const int64_t cin_plane = f[F_SCRATCH] ? s * s * hq * wq : h * wd;
+#pragma omp for schedule(dynamic, 1) collapse(2)
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t o = 0; o < co; ++o) {
+      const float* base = src + i * src_img;
+      const float b = bias ? bias[o] : 0.f;
+      float* dst = out + i * out_img + o * ho * wo;
+      if (dense) {
+        const int64_t g = o / cout_g;
+        conv_channel(base + g * (cin / groups) * cin_plane, wq, taps, weight + o * ktaps, ktaps, b, dst, wo, ho,
+                     f[F_ACT]);
+      } else {
+        const int64_t lo = rowptr[o], hi = rowptr[o + 1];
+        conv_channel(base, wq, taps + lo, weight + lo, hi - lo, b, dst, wo, ho, f[F_ACT]);
+      }
+    }
+}
+
+void run_pool(const int64_t* f, const Ctx& c) {
+  // F_AUX: 0 max, 1 average with count_include_pad=False, 2 average counting padding
+  const int64_t n = c.batch, ch = f[F_C], h = f[F_H], wd = f[F_W], ho = f[F_HO], wo = f[F_WO];
+  const int64_t k = f[F_K], s = f[F_STRIDE], p = f[F_PAD], kind = f[F_AUX];
+  const float* x = c.arena + f[F_X] * n;
+  float* out = c.arena + f[F_OUT] * n;
+#pragma omp for schedule(static) collapse(2)
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t cc = 0; cc < ch; ++cc) {
+      const float* in = x + i * f[F_X_IMG] + cc * h * wd;
+      float* dst = out + i * f[F_OUT_IMG] + cc * ho * wo;
+      for (int64_t y = 0; y < ho; ++y)
+        for (int64_t xo = 0; xo < wo; ++xo) {
+          const int64_t y0 = y * s - p, x0 = xo * s - p;
+          const int64_t ya = std::max<int64_t>(y0, 0), yb = std::min<int64_t>(y0 + k, h);
+          const int64_t xa = std::max<int64_t>(x0, 0), xb = std::min<int64_t>(x0 + k, wd);
+          float v = kind == 0 ? -3.402823466e38f : 0.f;
+          for (int64_t yy = ya; yy < yb; ++yy)
+            for (int64_t xx = xa; xx < xb; ++xx) {
+              const float u = in[yy * wd + xx];
+              if (kind == 0) v = u > v ? u : v; else v += u;
+            }
+          if (kind == 1) v /= static_cast<float>((yb - ya) * (xb - xa));
+          if (kind == 2) v /= static_cast<float>(k * k);
+          dst[y * wo + xo] = act_apply(v, f[F_ACT]);
+        }
+    }
+}
+
+void run_elementwise(const int64_t* f, const Ctx& c) {
+  const int64_t n = c.batch, op = f[F_OP], ch = f[F_C], plane = f[F_H] * f[F_W];
+  const float* x = c.arena + f[F_X] * n;
+  const float* y = op == OP_ADD ? c.arena + f[F_Y] * n : nullptr;
+  float* out = c.arena + f[F_OUT] * n;
+  const float* scale = op == OP_AFFINE ? c.fpool + f[F_WEIGHT] : nullptr;
+  const float* shift = op == OP_AFFINE ? c.fpool + f[F_BIAS] : nullptr;
+  const int64_t act = f[F_ACT];
+#pragma omp for schedule(static) collapse(2)
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t cc = 0; cc < ch; ++cc) {
+      const float* a = x + i * f[F_X_IMG] + cc * plane;
+      float* d = out + i * f[F_OUT_IMG] + cc * plane;
+      if (op == OP_ADD) {
+        const float* b = y + i * f[F_Y_IMG] + cc * plane;
+        for (int64_t j = 0; j < plane; ++j) d[j] = act_apply(a[j] + b[j], act);
+      } else if (op == OP_AFFINE) {
+        const float sc = scale[cc], sh = shift[cc];
+        for (int64_t j = 0; j < plane; ++j) d[j] = act_apply(a[j] * sc + sh, act);
+      } else {
+        for (int64_t j = 0; j < plane; ++j) d[j] = act_apply(a[j], act);
+      }
+    }
+}
+
+void run_gap(const int64_t* f, const Ctx& c) {
+  const int64_t n = c.batch, ch = f[F_C], plane = f[F_H] * f[F_W];
+  const float* x = c.arena + f[F_X] * n;
+  float* out = c.arena + f[F_OUT] * n;
+#pragma omp for schedule(static) collapse(2)
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t cc = 0; cc < ch; ++cc) {
+      const float* a = x + i * f[F_X_IMG] + cc * plane;
+      float sum = 0.f;
+      for (int64_t j = 0; j < plane; ++j) sum += a[j];
+      out[i * f[F_OUT_IMG] + cc] = sum / static_cast<float>(plane);
+    }
+}
+
+// out[:, AUX : AUX + C] = x (one input of a concatenation)
+void run_copy_channels(const int64_t* f, const Ctx& c) {
+  const int64_t n = c.batch, size = f[F_C] * f[F_H] * f[F_W], at = f[F_AUX] * f[F_H] * f[F_W];
+  const float* x = c.arena + f[F_X] * n;
+  float* out = c.arena + f[F_OUT] * n;
+#pragma omp for schedule(static)
+  for (int64_t i = 0; i < n; ++i) std::memcpy(out + i * f[F_OUT_IMG] + at, x + i * f[F_X_IMG], sizeof(float) * size);
+}
+
+// out[c, y, x] = x[c, y + AUX, x + AUX2], zero outside the input (crops and pads)
+void run_shift(const int64_t* f, const Ctx& c) {
+  const int64_t n = c.batch, ch = f[F_C], h = f[F_H], wd = f[F_W], ho = f[F_HO], wo = f[F_WO];
+  const int64_t dy = f[F_AUX], dx = f[F_AUX2];
+  const float* x = c.arena + f[F_X] * n;
+  float* out = c.arena + f[F_OUT] * n;
+#pragma omp for schedule(static) collapse(2)
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t cc = 0; cc < ch; ++cc) {
+      const float* in = x + i * f[F_X_IMG] + cc * h * wd;
+      float* dst = out + i * f[F_OUT_IMG] + cc * ho * wo;
+      for (int64_t y = 0; y < ho; ++y)
+        for (int64_t xo = 0; xo < wo; ++xo) {
+          const int64_t yy = y + dy, xx = xo + dx;
+          dst[y * wo + xo] = (yy < 0 || yy >= h || xx < 0 || xx >= wd) ? 0.f : in[yy * wd + xx];
+        }
+    }
+}
+
+void run_zero(const int64_t* f, const Ctx& c) {
+  const int64_t n = c.batch;
+  float* out = c.arena + f[F_OUT] * n;
+#pragma omp for schedule(static)
+  for (int64_t i = 0; i < n; ++i) std::fill(out + i * f[F_OUT_IMG], out + (i + 1) * f[F_OUT_IMG], 0.f);
+}
+
+}  // namespace
+
+extern "C" {
+
+// Runs `count` instructions over `arena` for a batch of `batch` images with `threads` threads.
+// `times` (nullable) receives each instruction's wall time in seconds, for profiling.
+int dass_run(const int64_t* program, int64_t count, float* arena, float* scratch, const float* fpool,
+             const int32_t* ipool, int64_t batch, int threads, double* times) {
+  int error = 0;
+  Ctx ctx{arena, scratch, fpool, ipool, batch};
+#pragma omp parallel num_threads(threads)
+  {
+    // Denormal inputs and results flush to zero (as in most inference runtimes): a denormal operand
+    // costs ~100x a normal multiply-add. The mode is per thread and OpenMP threads may be shared with
+    // PyTorch, so it is restored on the way out.
+    const unsigned int csr = _mm_getcsr();
+    _mm_setcsr(csr | 0x8040);
+    double last = times ? omp_get_wtime() : 0.0;
+    for (int64_t k = 0; k < count; ++k) {
+      const int64_t* f = program + k * N_FIELDS;
+      switch (f[F_OP]) {
+        case OP_CONV: run_conv(f, ctx); break;
+        case OP_ACT:
+        case OP_ADD:
+        case OP_AFFINE: run_elementwise(f, ctx); break;
+        case OP_POOL: run_pool(f, ctx); break;
+        case OP_GAP: run_gap(f, ctx); break;
+        case OP_COPY_CHANNELS: run_copy_channels(f, ctx); break;
+        case OP_SHIFT: run_shift(f, ctx); break;
+        case OP_ZERO: run_zero(f, ctx); break;
+        default:
+#pragma omp single
+          error = static_cast<int>(k) + 1;
+          break;
+      }
+      if (times) {
+#pragma omp master
+        {
+          const double now = omp_get_wtime();
+          times[k] = now - last;
+          last = now;
+        }
+      }
+      if (error) break;
+    }
+    _mm_setcsr(csr);
+  }
+  return error;
+}
+
+int dass_fields() { return N_FIELDS; }
+
+int dass_max_threads() { return omp_get_max_threads(); }
+
+}  // extern "C"
+
+// A module object so that setuptools can build and import this file as an extension; the functions are
+// reached through ctypes (dass.deploy.native).
+static PyModuleDef kModule = {PyModuleDef_HEAD_INIT, "_sparse_runtime", "dass packed sparse runtime kernels", -1,
+                              nullptr};
+
+PyMODINIT_FUNC PyInit__sparse_runtime(void) { return PyModule_Create(&kModule); }

@@ -1,0 +1,126 @@
+"""Dense PyTorch against the packed runtime, measured side by side in one process.
+
+The dense baseline is the pruned model as PyTorch would deploy it: masks materialized, batch norm folded
+(``fold_batchnorm``), eval mode, inference mode, the same thread count. The two are timed in alternating
+rounds so that a noisy machine slows both alike; each figure is the median over rounds.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from .compiler import compile_model
+from .fold import fold_batchnorm
+from .packed import PackedModel
+
+
+@dataclass
+class SpeedResult:
+    batch: int
+    dense_ms: float
+    packed_ms: float
+    max_abs_diff: float
+
+    @property
+    def speedup(self) -> float:
+        return self.dense_ms / self.packed_ms
+
+
+@dataclass
+class SpeedReport:
+    results: list[SpeedResult]
+    profile: dict[str, dict[str, float]] = field(default_factory=dict)   # at batch 1
+    nonzero_macs: int = 0
+    threads: int = 2
+
+    def table(self) -> str:
+        lines = ["| batch | dense PyTorch (ms) | packed (ms) | speed-up | max abs diff |", "|---|---|---|---|---|"]
+        for r in self.results:
+            lines.append(f"| {r.batch} | {r.dense_ms:.3f} | {r.packed_ms:.3f} | {r.speedup:.2f}x | {r.max_abs_diff:.1e} |")
+        return "\n".join(lines)
+
+    def profile_table(self) -> str:
+        total = sum(v["seconds"] for v in self.profile.values()) or 1.0
+        lines = ["| op (batch 1) | count | ms | share | nonzero MACs | GMAC/s |", "|---|---|---|---|---|---|"]
+        for name, v in sorted(self.profile.items(), key=lambda kv: -kv[1]["seconds"]):
+            rate = v["macs"] / v["seconds"] / 1e9 if v["macs"] and v["seconds"] > 0 else 0.0
+            lines.append(f"| {name} | {v['count']} | {1e3 * v['seconds']:.3f} | {100 * v['seconds'] / total:.1f}% | "
+                         f"{v['macs']:,} | {rate:.2f} |" if v["macs"] else
+                         f"| {name} | {v['count']} | {1e3 * v['seconds']:.3f} | {100 * v['seconds'] / total:.1f}% | - | - |")
+        return "\n".join(lines)
+
+
+def _median_times(fns: list, rounds: int, inner: int) -> list[float]:
+    per = [[] for _ in fns]
+    for _ in range(rounds):
+        for i, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            for _ in range(inner):
+                fn()
+            per[i].append((time.perf_counter() - t0) / inner)
+    return [statistics.median(t) for t in per]
+
+
+def compare_speed(model: nn.Module, input_shape: tuple[int, int, int], batches: tuple[int, ...] = (1, 64),
+                  threads: int = 2, rounds: int = 7, inputs: torch.Tensor | None = None,
+                  packed: PackedModel | None = None, min_seconds: float = 0.05) -> SpeedReport:
+    """Time the folded dense model and the packed model at each batch size; check they agree."""
+    model = model.eval()
+    dense = fold_batchnorm(model)   # outside inference mode: the copies stay ordinary tensors
+    packed = packed or PackedModel(compile_model(model, input_shape), threads=threads)
+    packed.threads = threads
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    flush = torch.set_flush_denormal(True)  # the packed runtime flushes denormals too: same footing
+    try:
+        with torch.inference_mode():
+            results, profile = _measure(dense, packed, input_shape, batches, rounds, inputs, min_seconds)
+    finally:
+        torch.set_num_threads(previous)
+        if not flush:
+            torch.set_flush_denormal(False)
+    return SpeedReport(results, profile, packed.nonzero_macs, threads)
+
+
+def _measure(dense: nn.Module, packed: PackedModel, input_shape: tuple[int, int, int], batches: tuple[int, ...],
+             rounds: int, inputs: torch.Tensor | None, min_seconds: float) -> tuple[list[SpeedResult], dict]:
+    results = []
+    gen = torch.Generator().manual_seed(0)
+    for batch in batches:
+        if inputs is not None:
+            reps = -(-batch // len(inputs))
+            x = inputs.repeat(reps, 1, 1, 1)[:batch].contiguous()
+        else:
+            x = torch.randn(batch, *input_shape, generator=gen)
+        xn = x.numpy()
+        diff = float(np.abs(packed(xn) - dense(x).numpy()).max())
+        for _ in range(2):      # warm-up
+            dense(x)
+            packed(xn)
+        t0 = time.perf_counter()
+        dense(x)
+        inner = max(1, int(min_seconds / max(time.perf_counter() - t0, 1e-6)))
+        dense_s, packed_s = _median_times([lambda: dense(x), lambda: packed(xn)], rounds, inner)
+        results.append(SpeedResult(batch, 1e3 * dense_s, 1e3 * packed_s, diff))
+    x1 = (inputs[:1] if inputs is not None else torch.randn(1, *input_shape, generator=gen)).numpy()
+    profile = packed.profile(x1, repeats=20)
+    return results, profile
+
+
+@torch.no_grad()
+def calibrate_batchnorm(model: nn.Module, images: torch.Tensor, batch: int = 128) -> None:
+    """Re-estimate batch-norm statistics on ``images`` (for synthetically pruned models in benchmarks)."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None   # cumulative average over the calibration batches
+    model.train()
+    for i in range(0, len(images), batch):
+        model(images[i:i + batch])
+    model.eval()
