@@ -204,6 +204,13 @@ class _Lowering:
             p = args[3] if len(args) > 3 else kw.get("padding", 0)
             self.pool(node, self.arg(args[0]), k, s or k, p, t is F.max_pool2d, kw.get("count_include_pad", True),
                       kw.get("ceil_mode", False))
+        elif t is F.pad:
+            pads = args[1] if len(args) > 1 else kw["pad"]
+            mode = args[2] if len(args) > 2 else kw.get("mode", "constant")
+            value = args[3] if len(args) > 3 else kw.get("value", None)
+            if mode != "constant" or value not in (None, 0, 0.0) or len(pads) != 4 or min(pads) < 0:
+                raise DassError(f"{node.name}: the runtime supports zero padding of height and width only")
+            self.emit("shift", node, [self.arg(args[0])], dy=-int(pads[2]), dx=-int(pads[0]))
         elif name == "pad_to_even":
             x = args[0]
             if _shape(x) == _shape(node):

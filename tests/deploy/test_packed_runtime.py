@@ -1,0 +1,190 @@
+"""The packed sparse runtime equals the masked PyTorch model: per op, for whole networks, after save/load."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dass.data import load_dataset
+from dass.deploy.compiler import compile_model
+from dass.deploy.export import synthetic_model
+from dass.deploy.packed import PackedModel
+from dass.deploy.speed import calibrate_batchnorm, compare_speed
+from dass.errors import DassError
+from dass.models import build_model
+from dass.sparse import SparseConv2d, SparseLinear, init_scores, set_sparsity
+from dass.space import DARTS_V1
+
+TOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def images(cifar_subset) -> torch.Tensor:
+    """Real CIFAR-10 test images, per-channel standardized."""
+    x = torch.from_numpy(load_dataset(str(cifar_subset)).x_test[:32]).float().permute(0, 3, 1, 2) / 255.0
+    return ((x - x.mean((0, 2, 3), keepdim=True)) / x.std((0, 2, 3), keepdim=True)).contiguous()
+
+
+def _check(model: nn.Module, x: torch.Tensor, threads: int = 2) -> float:
+    model.eval()
+    packed = PackedModel(compile_model(model, tuple(x.shape[1:])), threads=threads)
+    with torch.no_grad():
+        ref = model(x).numpy()
+    out = packed(x.numpy())
+    assert out.shape == ref.shape
+    return float(np.abs(out - ref).max())
+
+
+def _prune(model: nn.Module, sparsity: float) -> nn.Module:
+    torch.manual_seed(1)
+    init_scores(model)
+    if sparsity > 0:
+        set_sparsity(model, sparsity)
+    return model
+
+
+class Single(nn.Module):
+    """One conv (+BN, + activation) on a 3-channel image, with a channel-expanding stem for depthwise tests."""
+
+    def __init__(self, c_in: int, c_out: int, k: int, stride: int, pad: int, dil: int, groups: int, act: str):
+        super().__init__()
+        self.stem = SparseConv2d(3, c_in, 1, bias=True)
+        self.conv = SparseConv2d(c_in, c_out, k, stride=stride, padding=pad, dilation=dil, groups=groups, bias=False)
+        self.bn = nn.BatchNorm2d(c_out)
+        self.act = act
+
+    def forward(self, x):
+        x = self.stem(x)
+        if self.act == "pre":    # ReLU -> conv (DARTS order): fused into the padded copy
+            return self.bn(self.conv(F.relu(x)))
+        y = self.bn(self.conv(x))
+        return {"relu": F.relu, "relu6": F.relu6, "none": lambda t: t}[self.act](y)
+
+
+CONVS = {  # c_in, c_out, k, stride, pad, dil, groups
+    "conv3x3": (8, 12, 3, 1, 1, 1, 1),
+    "conv3x3_s2": (8, 12, 3, 2, 1, 1, 1),
+    "pointwise": (8, 16, 1, 1, 0, 1, 1),
+    "pointwise_s2": (8, 16, 1, 2, 0, 1, 1),
+    "depthwise3x3": (8, 8, 3, 1, 1, 1, 8),
+    "depthwise5x5_s2": (8, 8, 5, 2, 2, 1, 8),
+    "dilated3x3": (8, 8, 3, 1, 2, 2, 8),
+    "dilated5x5_s2": (8, 8, 5, 2, 4, 2, 8),
+    "grouped": (8, 12, 3, 1, 1, 1, 4),
+    "conv7x7_nopad": (8, 6, 7, 1, 0, 1, 1),
+}
+
+
+@pytest.mark.parametrize("sparsity", [0.0, 0.9, 0.99])
+@pytest.mark.parametrize("name", sorted(CONVS))
+def test_convolutions(name, sparsity, images):
+    model = Single(*CONVS[name], act="relu" if "s2" in name else "pre")
+    calibrate_batchnorm(model, images)
+    assert _check(_prune(model, sparsity), images[:3]) < TOL
+
+
+@pytest.mark.parametrize("act", ["none", "relu", "relu6", "pre"])
+def test_activations(act, images):
+    model = _prune(Single(8, 8, 3, 1, 1, 1, 1, act), 0.5)
+    calibrate_batchnorm(model, images)
+    assert _check(model, images[:2]) < TOL
+
+
+class Mixed(nn.Module):
+    """Pools, a crop and a pad, an unfolded BN after a concat, additions, global pooling and a linear layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = SparseConv2d(3, 6, 3, padding=1)
+        self.b = SparseConv2d(3, 6, 1, stride=2)
+        self.c = SparseConv2d(3, 6, 1, stride=2)
+        self.bn = nn.BatchNorm2d(12)
+        self.max = nn.MaxPool2d(3, stride=2, padding=1)
+        self.avg = nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False)
+        self.avg_pad = nn.AvgPool2d(3, stride=1, padding=1)
+        self.fc = SparseLinear(24, 7)
+
+    def forward(self, x):
+        h = F.relu(self.a(x))
+        cat = self.bn(torch.cat([self.b(x), self.c(x[:, :, 1:, 1:])], dim=1))    # FactorizedReduce's pattern
+        pooled = self.max(torch.cat([h, h], dim=1))                              # (12, 16, 16)
+        y = self.avg(cat) + self.avg_pad(pooled)
+        y = F.pad(y, (0, 1, 0, 1))
+        z = torch.cat([y, F.relu6(y)], dim=1)
+        return self.fc(F.adaptive_avg_pool2d(z, 1).flatten(1))
+
+
+def test_pools_concat_crop_pad_linear(images):
+    model = _prune(Mixed(), 0.5)
+    calibrate_batchnorm(model, images)
+    assert _check(model, images[:4]) < TOL
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "vgg16", "darts_v2", "genotype"])
+def test_whole_networks(name, images):
+    kwargs = dict(init_channels=6, layers=5, genotype=DARTS_V1) if name in ("darts_v2", "genotype") else \
+        dict(width=0.25)
+    torch.manual_seed(0)
+    model = build_model(name, **kwargs)
+    init_scores(model)
+    set_sparsity(model, 0.9)
+    calibrate_batchnorm(model, images)
+    for threads in (1, 2):
+        assert _check(model, images[:5], threads) < TOL
+
+
+def test_batch_sizes_and_save_load(tmp_path, images):
+    model = synthetic_model("resnet18", 0.95, (3, 32, 32), width=0.25)
+    packed = PackedModel(compile_model(model, (3, 32, 32)))
+    path = packed.save(tmp_path / "m.npz")
+    loaded = PackedModel.load(path)
+    with torch.no_grad():
+        ref = model(images[:7]).numpy()
+    for n in (1, 7):
+        assert np.abs(loaded(images[:n].numpy()) - ref[:n]).max() < TOL
+    np.testing.assert_array_equal(loaded(images[:7].numpy()), packed(images[:7].numpy()))
+
+
+def test_sparse_and_dense_layouts_agree(images):
+    model = synthetic_model("resnet18", 0.9, (3, 32, 32), width=0.125)
+    x = images[:2].numpy()
+    sparse = PackedModel(compile_model(model, (3, 32, 32), dense_threshold=1.1))
+    dense = PackedModel(compile_model(model, (3, 32, 32), dense_threshold=0.0))
+    assert np.abs(sparse(x) - dense(x)).max() < TOL
+    # the dense layout stores every weight, the sparse one only the nonzeros
+    assert dense.program.fpool.size > 5 * sparse.program.fpool.size
+
+
+def test_nonzero_macs_are_counted(images):
+    model = synthetic_model("vgg16", 0.9, (3, 32, 32), width=0.125)
+    from dass.metrics import count
+
+    packed = PackedModel(compile_model(model, (3, 32, 32)))
+    assert packed.nonzero_macs == count(model, (3, 32, 32)).sparse_macs
+
+
+def test_bad_inputs_are_refused(tmp_path):
+    model = synthetic_model("resnet18", 0.9, (3, 32, 32), width=0.125)
+    packed = PackedModel(compile_model(model, (3, 32, 32)))
+    with pytest.raises(DassError, match="compiled for"):
+        packed(np.zeros((1, 3, 16, 16), np.float32))
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"not a zip")
+    with pytest.raises(DassError, match="not a dass packed model"):
+        PackedModel.load(bad)
+    with pytest.raises(DassError, match="dass export"):
+        PackedModel.load(tmp_path / "missing.npz")
+    with pytest.raises(DassError, match="does not support layer"):
+        compile_model(nn.Sequential(nn.Conv2d(3, 4, 3), nn.GELU()), (3, 8, 8))
+
+
+def test_speed_report_measures_both(images):
+    model = synthetic_model("resnet18", 0.99, (3, 32, 32), width=0.25)
+    report = compare_speed(model, (3, 32, 32), batches=(1, 3), rounds=2, inputs=images)
+    assert [r.batch for r in report.results] == [1, 3]
+    assert all(r.dense_ms > 0 and r.packed_ms > 0 and r.max_abs_diff < TOL for r in report.results)
+    assert "conv 3x3" in report.profile and report.profile["conv 3x3"]["macs"] > 0
+    assert "speed-up" in report.table() and "GMAC/s" in report.profile_table()
