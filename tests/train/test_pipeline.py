@@ -40,6 +40,16 @@ def test_search_genotype_trains_evaluates_and_compares(tmp_path, cifar_subset):
         assert result["nonzero_params"] < 0.3 * result["params"]
         assert result["sparse_macs"] < 0.2 * result["macs"]
         assert result["latency_b1_ms"] > 0 and result["checkpoint_bytes"] > 0
+        if name == "cell":  # deployment: packed runtime and ONNX, both checked against PyTorch
+            exp = run_cli("export", str(out), "--onnx")
+            assert exp.returncode == 0, exp.stderr
+            exported = json.loads((out / "export.json").read_text())
+            assert exported["max_abs_diff"] < 1e-4 and exported["onnx_max_abs_diff"] < 1e-4
+            assert (out / "model_packed.npz").is_file() and (out / "model.onnx").is_file()
+            bench = run_cli("bench", str(out), "--batch", "1,3", "--rounds", "2")
+            assert bench.returncode == 0, bench.stderr
+            speeds = json.loads((out / "bench.json").read_text())["results"]
+            assert [r["batch"] for r in speeds] == [1, 3] and all(r["max_abs_diff"] < 1e-4 for r in speeds)
         runs.append(str(out))
     (tmp_path / "search").joinpath("unused").write_text("")
     table = run_cli("compare", *runs)

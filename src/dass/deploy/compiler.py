@@ -25,8 +25,8 @@ from ..errors import DassError
 from .fold import fold_batchnorm
 
 # Instruction layout: must match the Field enum of kernels/sparse_runtime.cpp.
-N_FIELDS = 32
-FIELDS = dict(OP=0, X=1, Y=2, OUT=3, C=4, H=5, W=6, CO=7, HO=8, WO=9, K=10, STRIDE=11, PAD=12, DIL=13, GROUPS=14,
+N_FIELDS = 40
+FIELDS = dict(X_AT=32, Y_AT=33, OUT_AT=34, OP=0, X=1, Y=2, OUT=3, C=4, H=5, W=6, CO=7, HO=8, WO=9, K=10, STRIDE=11, PAD=12, DIL=13, GROUPS=14,
          ACT=15, IN_ACT=16, WEIGHT=17, BIAS=18, ROWPTR=19, TAPS=20, DENSE=21, KTAPS=22, HQ=23, WQ=24, SCRATCH=25,
          AUX=26, AUX2=27, X_IMG=28, Y_IMG=29, OUT_IMG=30)
 OPS = dict(conv=1, act=2, add=3, affine=4, pool=5, gap=6, copy_channels=7, shift=8, zero=9)
@@ -49,14 +49,25 @@ def _shape(node: torch.fx.Node) -> tuple[int, ...]:
 
 @dataclass
 class Value:
-    """A tensor of the program: its per-image shape and the id of the buffer that holds it."""
+    """A tensor of the program: its per-image shape and where it lives.
+
+    Normally a value owns its buffer. A value that is an input of a concatenation is instead written
+    straight into its channel slice of the concatenation's buffer (``at`` floats into each image of
+    ``stride`` floats), so the concatenation costs nothing.
+    """
 
     shape: tuple[int, int, int]
     buffer: int
+    at: int = 0
+    stride: int = 0      # 0: the value's own size
 
     @property
     def size(self) -> int:
         return math.prod(self.shape)
+
+    @property
+    def image_stride(self) -> int:
+        return self.stride or self.size
 
 
 @dataclass
@@ -266,12 +277,34 @@ def _fuse(low: _Lowering) -> None:
     def users_of(value: int) -> list[IROp]:
         return [op for op in ops if op.alive and value in op.inputs]
 
+    # 2a. an addition into the store of the conv computing one of its operands (the later of the two, so
+    #     that the other operand exists when the conv runs): out = conv(x) + other
+    position = {op.output: k for k, op in enumerate(ops)}
+    for op in ops:
+        if op.kind != "add" or not op.alive or op.params.get("act") is not None:
+            continue
+        a, b = op.inputs
+        for mine, other in ((b, a), (a, b)):
+            src = producer.get(mine)
+            if (src is not None and src.alive and src.kind == "conv" and "residual" not in src.params
+                    and src.params.get("act") is None and len(users_of(mine)) == 1 and mine != other
+                    and position.get(other, -1) < position[mine] and mine != low.output_id):
+                src.params["residual"] = other
+                src.inputs = src.inputs + [other]
+                _replace(ops, op.output, src.output)
+                if low.output_id == op.output:
+                    low.output_id = src.output
+                op.alive = False
+                break
+    ops = [op for op in ops if op.alive]
+
     # 2. activation into the producing conv / add / affine / pool when it is the producer's only user
     for op in ops:
         if op.kind != "act" or not op.alive:
             continue
         src = producer.get(op.inputs[0])
-        if (src is not None and src.alive and src.kind in ("conv", "add", "affine") and src.params.get("act") is None
+        if (src is not None and src.alive and src.kind in ("conv", "add", "affine", "pool")
+                and src.params.get("act") is None
                 and len(users_of(src.output)) == 1 and src.output != low.output_id):
             src.params["act"] = op.params["act"]
             _replace(ops, op.output, src.output)
@@ -285,10 +318,11 @@ def _fuse(low: _Lowering) -> None:
         if op.kind != "act" or not op.alive or op.output == low.output_id:
             continue
         users = users_of(op.output)
-        if users and all(u.kind == "conv" and _needs_copy(u) and u.params.get("in_act") is None for u in users):
+        if users and all(u.kind == "conv" and _needs_copy(u) and u.params.get("in_act") is None
+                         and u.inputs.count(op.output) == 1 and u.inputs[0] == op.output for u in users):
             for u in users:
                 u.params["in_act"] = op.params["act"]
-                u.inputs = [op.inputs[0]]
+                u.inputs = [op.inputs[0]] + u.inputs[1:]
             op.alive = False
     low.ops = [op for op in ops if op.alive]
 
@@ -348,39 +382,73 @@ class _Pools:
         return at
 
 
-def _plan_arena(low: _Lowering, keep: set[int]) -> tuple[dict[int, int], int]:
-    """Per-image arena offsets for each buffer, reusing memory of buffers whose last reader has run."""
-    last_use: dict[int, int] = {}
-    for k, op in enumerate(low.ops):
+def _place_concats(low: _Lowering) -> None:
+    """Let each concatenation input be written straight into its channel slice of the output."""
+    produced = {op.output for op in low.ops}
+    placed: set[int] = set()
+    kept = []
+    for op in low.ops:
+        if op.kind != "concat":
+            kept.append(op)
+            continue
+        out = low.values[op.output]
+        copies, at = [], 0
         for v in op.inputs:
-            last_use[low.values[v].buffer] = k
-    size_of = {low.values[v].buffer: low.values[v].size for v in range(len(low.values))}
-    offsets: dict[int, int] = {}
-    free: list[tuple[int, int]] = []   # (offset, size)
-    top = 0
+            val = low.values[v]
+            if v in produced and v not in placed and v != low.output_id and val.stride == 0:
+                val.buffer, val.at, val.stride = out.buffer, at * out.shape[1] * out.shape[2], out.size
+                placed.add(v)
+            else:   # the program input, a value used twice, or one already placed elsewhere: copy it
+                copies.append((v, at))
+            at += val.shape[0]
+        if copies:
+            op.params["copies"] = copies
+            kept.append(op)
+    low.ops = kept
 
-    def alloc(size: int) -> int:
-        nonlocal top
-        for j, (off, sz) in enumerate(free):
-            if sz >= size:
-                if sz > size:
-                    free[j] = (off + size, sz - size)
-                else:
-                    free.pop(j)
-                return off
-        top += size
-        return top - size
 
-    offsets[low.values[low.input_id].buffer] = alloc(low.values[low.input_id].size)
+def _plan_arena(low: _Lowering, keep: set[int]) -> tuple[dict[int, int], int]:
+    """Per-image arena offsets of the buffers: a buffer's memory is reused once its last reader has run."""
+    size: dict[int, int] = {}
+    for v in low.values:
+        size[v.buffer] = max(size.get(v.buffer, 0), v.image_stride)
+    first: dict[int, int] = {low.values[low.input_id].buffer: -1}
+    last: dict[int, int] = {}
     for k, op in enumerate(low.ops):
         b = low.values[op.output].buffer
-        if b not in offsets:
-            offsets[b] = alloc(size_of[b])
-        for v in set(op.inputs):
-            ib = low.values[v].buffer
-            if last_use.get(ib) == k and ib not in keep and ib != b:
-                free.append((offsets[ib], size_of[ib]))
-                free.sort()
+        first.setdefault(b, k)
+        last[b] = max(last.get(b, k), k)
+        for v in op.inputs:
+            last[low.values[v].buffer] = max(last.get(low.values[v].buffer, k), k)
+    for b in keep:
+        last[b] = len(low.ops)
+    offsets: dict[int, int] = {}
+    free: list[tuple[int, int]] = []    # (offset, size), sorted and coalesced
+    active: list[int] = []
+    top = 0
+    for b in sorted(first, key=lambda b: first[b]):
+        for a in [a for a in active if last.get(a, first[a]) < first[b]]:
+            active.remove(a)
+            free.append((offsets[a], size[a]))
+            free.sort()
+            merged: list[tuple[int, int]] = []
+            for off, sz in free:
+                if merged and merged[-1][0] + merged[-1][1] == off:
+                    merged[-1] = (merged[-1][0], merged[-1][1] + sz)
+                else:
+                    merged.append((off, sz))
+            free = merged
+        need = size[b]
+        fits = [j for j, (_, sz) in enumerate(free) if sz >= need]
+        if fits:
+            j = min(fits, key=lambda j: free[j][1])     # best fit
+            off, sz = free[j]
+            free[j:j + 1] = [(off + need, sz - need)] if sz > need else []
+        else:
+            off = top
+            top += need
+        offsets[b] = off
+        active.append(b)
     return offsets, top
 
 
@@ -447,6 +515,7 @@ def compile_model(model: nn.Module, input_shape: tuple[int, int, int],
     low = _Lowering(folded)
     low.run()
     _fuse(low)
+    _place_concats(low)
     keep = {low.values[low.output_id].buffer, low.values[low.input_id].buffer}
     offsets, top = _plan_arena(low, keep)
     pools = _Pools()
@@ -458,13 +527,12 @@ def compile_model(model: nn.Module, input_shape: tuple[int, int, int],
         ins = [low.values[v] for v in op.inputs]
         out = low.values[op.output]
         if op.kind == "concat":
-            at = 0
-            for v in ins:
+            for v, at in op.params["copies"]:
+                v = low.values[v]
                 rows.append(_row("copy_channels", v, None, out, offsets, C=v.shape[0], H=v.shape[1], W=v.shape[2],
                                  AUX=at))
                 labels.append("concat")
                 macs.append(0)
-                at += v.shape[0]
             continue
         x = ins[0]
         fields: dict = dict(C=x.shape[0], H=x.shape[1], W=x.shape[2], CO=out.shape[0], HO=out.shape[1],
@@ -496,10 +564,12 @@ def compile_model(model: nn.Module, input_shape: tuple[int, int, int],
 def _row(kind: str, x: Value, y: Value | None, out: Value, offsets: dict[int, int], **fields) -> np.ndarray:
     row = np.zeros(N_FIELDS, np.int64)
     row[FIELDS["OP"]] = OPS[kind]
-    row[FIELDS["X"]], row[FIELDS["X_IMG"]] = offsets[x.buffer], x.size
-    if y is not None:
-        row[FIELDS["Y"]], row[FIELDS["Y_IMG"]] = offsets[y.buffer], y.size
-    row[FIELDS["OUT"]], row[FIELDS["OUT_IMG"]] = offsets[out.buffer], out.size
+    for name, v in (("X", x), ("Y", y), ("OUT", out)):
+        if v is None:
+            row[FIELDS[name]] = -1
+        else:
+            row[FIELDS[name]], row[FIELDS[name + "_AT"]], row[FIELDS[name + "_IMG"]] = offsets[v.buffer], v.at, \
+                v.image_stride
     for name, value in fields.items():
         row[FIELDS[name]] = value
     return row

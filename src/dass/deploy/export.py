@@ -57,8 +57,9 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, onnx: bool = 
 
 
 def synthetic_model(name: str, sparsity: float, input_shape: tuple[int, int, int], seed: int = 0,
-                    **model_kwargs) -> nn.Module:
-    """A model pruned to ``sparsity`` by per-layer weight magnitude, batch norm calibrated on noise.
+                    calibration: torch.Tensor | None = None, **model_kwargs) -> nn.Module:
+    """A model pruned to ``sparsity`` by per-layer weight magnitude, batch norm calibrated on
+    ``calibration`` images (default: Gaussian noise).
 
     For speed measurements only (its accuracy means nothing): its nonzero pattern and per-layer
     densities are those of a HYDRA/magnitude-pruned network at that sparsity.
@@ -70,7 +71,7 @@ def synthetic_model(name: str, sparsity: float, input_shape: tuple[int, int, int
     model = build_model(name, in_channels=input_shape[0], **model_kwargs)
     init_scores(model)
     set_sparsity(model, sparsity)
-    calibrate_batchnorm(model, torch.randn(256, *input_shape))
+    calibrate_batchnorm(model, calibration if calibration is not None else torch.randn(256, *input_shape))
     return model.eval()
 
 

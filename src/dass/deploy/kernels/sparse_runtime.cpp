@@ -54,8 +54,9 @@ enum Field {
   F_DENSE = 21, F_KTAPS = 22,                      // 1: dense weights with a shared tap table of KTAPS entries
   F_HQ = 23, F_WQ = 24, F_SCRATCH = 25,            // padded/phase-split input plane; 1: build it
   F_AUX = 26, F_AUX2 = 27,                          // op-specific (pool kind, channel offset, shifts)
-  F_X_IMG = 28, F_Y_IMG = 29, F_OUT_IMG = 30,      // per-image sizes (floats) of x, y, out
-  N_FIELDS = 32
+  F_X_IMG = 28, F_Y_IMG = 29, F_OUT_IMG = 30,      // per-image strides (floats) of x, y, out
+  F_X_AT = 32, F_Y_AT = 33, F_OUT_AT = 34,         // offsets inside an image (a channel slice of a bigger buffer)
+  N_FIELDS = 40
 };
 
 inline float act_apply(float v, int64_t act) {
@@ -78,7 +79,7 @@ template <> struct Unaligned<v4f> { typedef v4u type; };
 template <typename VT, int L, int V, int R>
 inline void conv_tile(const float* __restrict src, int64_t src_row, const int32_t* __restrict taps,
                       const float* __restrict w, int64_t count, float bias, float* __restrict dst,
-                      int64_t dst_row, int64_t act) {
+                      int64_t dst_row, int64_t act, const float* __restrict res) {
   typedef typename Unaligned<VT>::type VU;
   // Small tiles have few independent accumulator chains and would wait on the multiply-add latency:
   // they take taps two at a time into two sets of accumulators.
@@ -118,7 +119,11 @@ inline void conv_tile(const float* __restrict src, int64_t src_row, const int32_
     }
     float tmp[V * L];
     std::memcpy(tmp, sum, sizeof(tmp));
-    for (int t = 0; t < V * L; ++t) dst[r * dst_row + t] = act_apply(tmp[t], act);
+    if (res) {
+      for (int t = 0; t < V * L; ++t) dst[r * dst_row + t] = act_apply(tmp[t] + res[r * dst_row + t], act);
+    } else {
+      for (int t = 0; t < V * L; ++t) dst[r * dst_row + t] = act_apply(tmp[t], act);
+    }
   }
 }
 
@@ -126,7 +131,7 @@ inline void conv_tile(const float* __restrict src, int64_t src_row, const int32_
 template <int T, int R>
 inline void conv_tile_scalar(const float* __restrict src, int64_t src_row, const int32_t* __restrict taps,
                              const float* __restrict w, int64_t count, float bias, float* __restrict dst,
-                             int64_t dst_row, int64_t act) {
+                             int64_t dst_row, int64_t act, const float* __restrict res) {
   float acc[R][T];
   for (int r = 0; r < R; ++r)
     for (int t = 0; t < T; ++t) acc[r][t] = bias;
@@ -139,40 +144,43 @@ inline void conv_tile_scalar(const float* __restrict src, int64_t src_row, const
       for (int t = 0; t < T; ++t) acc[r][t] += wj * p[r * src_row + t];
   }
   for (int r = 0; r < R; ++r)
-    for (int t = 0; t < T; ++t) dst[r * dst_row + t] = act_apply(acc[r][t], act);
+    for (int t = 0; t < T; ++t) dst[r * dst_row + t] = act_apply(acc[r][t] + (res ? res[r * dst_row + t] : 0.f), act);
 }
 
 template <int T, int R>
 inline void tile(const float* src, int64_t src_row, const int32_t* taps, const float* w, int64_t count, float bias,
-                 float* dst, int64_t dst_row, int64_t act) {
+                 float* dst, int64_t dst_row, int64_t act, const float* res) {
   if constexpr (T % 8 == 0)
-    conv_tile<v8f, 8, T / 8, R>(src, src_row, taps, w, count, bias, dst, dst_row, act);
+    conv_tile<v8f, 8, T / 8, R>(src, src_row, taps, w, count, bias, dst, dst_row, act, res);
   else if constexpr (T == 4)
-    conv_tile<v4f, 4, 1, R>(src, src_row, taps, w, count, bias, dst, dst_row, act);
+    conv_tile<v4f, 4, 1, R>(src, src_row, taps, w, count, bias, dst, dst_row, act, res);
   else
-    conv_tile_scalar<T, R>(src, src_row, taps, w, count, bias, dst, dst_row, act);
+    conv_tile_scalar<T, R>(src, src_row, taps, w, count, bias, dst, dst_row, act, res);
 }
 
 template <int T, int R>
 inline void conv_rows(const float* src, int64_t src_row, const int32_t* taps, const float* w, int64_t count,
-                      float bias, float* dst, int64_t dst_row, int64_t rows, int64_t x0, int64_t act) {
+                      float bias, float* dst, int64_t dst_row, int64_t rows, int64_t x0, int64_t act,
+                      const float* res) {
   int64_t y = 0;
   for (; y + R <= rows; y += R)
-    tile<T, R>(src + y * src_row + x0, src_row, taps, w, count, bias, dst + y * dst_row + x0, dst_row, act);
+    tile<T, R>(src + y * src_row + x0, src_row, taps, w, count, bias, dst + y * dst_row + x0, dst_row, act,
+               res ? res + y * dst_row + x0 : nullptr);
   for (; y < rows; ++y)
-    tile<T, 1>(src + y * src_row + x0, src_row, taps, w, count, bias, dst + y * dst_row + x0, dst_row, act);
+    tile<T, 1>(src + y * src_row + x0, src_row, taps, w, count, bias, dst + y * dst_row + x0, dst_row, act,
+               res ? res + y * dst_row + x0 : nullptr);
 }
 
 // All output pixels of one output channel: the row is cut into tiles of 32/16/8/4/2/1 columns.
 void conv_channel(const float* src, int64_t src_row, const int32_t* taps, const float* w, int64_t count,
-                  float bias, float* dst, int64_t wo, int64_t ho, int64_t act) {
+                  float bias, float* dst, int64_t wo, int64_t ho, int64_t act, const float* res) {
   int64_t x = 0;
-  for (; x + 32 <= wo; x += 32) conv_rows<32, 2>(src, src_row, taps, w, count, bias, dst, wo, ho, x, act);
-  for (; x + 16 <= wo; x += 16) conv_rows<16, 4>(src, src_row, taps, w, count, bias, dst, wo, ho, x, act);
-  for (; x + 8 <= wo; x += 8) conv_rows<8, 4>(src, src_row, taps, w, count, bias, dst, wo, ho, x, act);
-  for (; x + 4 <= wo; x += 4) conv_rows<4, 4>(src, src_row, taps, w, count, bias, dst, wo, ho, x, act);
-  for (; x + 2 <= wo; x += 2) conv_rows<2, 4>(src, src_row, taps, w, count, bias, dst, wo, ho, x, act);
-  for (; x < wo; ++x) conv_rows<1, 4>(src, src_row, taps, w, count, bias, dst, wo, ho, x, act);
+  for (; x + 32 <= wo; x += 32) conv_rows<32, 2>(src, src_row, taps, w, count, bias, dst, wo, ho, x, act, res);
+  for (; x + 16 <= wo; x += 16) conv_rows<16, 4>(src, src_row, taps, w, count, bias, dst, wo, ho, x, act, res);
+  for (; x + 8 <= wo; x += 8) conv_rows<8, 4>(src, src_row, taps, w, count, bias, dst, wo, ho, x, act, res);
+  for (; x + 4 <= wo; x += 4) conv_rows<4, 4>(src, src_row, taps, w, count, bias, dst, wo, ho, x, act, res);
+  for (; x + 2 <= wo; x += 2) conv_rows<2, 4>(src, src_row, taps, w, count, bias, dst, wo, ho, x, act, res);
+  for (; x < wo; ++x) conv_rows<1, 4>(src, src_row, taps, w, count, bias, dst, wo, ho, x, act, res);
 }
 
 // Zero-padded, phase-split copy of one input channel: plane (a, b) holds padded pixels (q*s + a, r*s + b),
@@ -220,13 +228,16 @@ struct Ctx {
   const float* fpool;
   const int32_t* ipool;
   int64_t batch;
+  // Buffer b of per-image size S at per-image offset B holds image i at arena[B * batch + i * S]; a value
+  // stored as a channel slice of b (a concatenation's input) adds its offset inside the image.
+  float* at(const int64_t* f, int base, int within) const { return arena + f[base] * batch + f[within]; }
 };
 
 void run_conv(const int64_t* f, const Ctx& c) {
   const int64_t n = c.batch, cin = f[F_C], h = f[F_H], wd = f[F_W], co = f[F_CO], ho = f[F_HO], wo = f[F_WO];
   const int64_t s = f[F_STRIDE], hq = f[F_HQ], wq = f[F_WQ];
-  const float* x = c.arena + f[F_X] * n;
-  float* out = c.arena + f[F_OUT] * n;
+  const float* x = c.at(f, F_X, F_X_AT);
+  float* out = c.at(f, F_OUT, F_OUT_AT);
   const int64_t x_img = f[F_X_IMG], out_img = f[F_OUT_IMG];
   const float* src = x;
   int64_t src_img = x_img;
@@ -247,19 +258,22 @@ void run_conv(const int64_t* f, const Ctx& c) {
   const bool dense = f[F_DENSE] != 0;
   const int64_t ktaps = f[F_KTAPS], groups = f[F_GROUPS], cout_g = co / groups;
   const int64_t cin_plane = f[F_SCRATCH] ? s * s * hq * wq : h * wd;
+  const float* res = f[F_Y] >= 0 ? c.at(f, F_Y, F_Y_AT) : nullptr;   // a fused residual addition
+  const int64_t res_img = f[F_Y_IMG];
 #pragma omp for schedule(dynamic, 1) collapse(2)
   for (int64_t i = 0; i < n; ++i)
     for (int64_t o = 0; o < co; ++o) {
       const float* base = src + i * src_img;
       const float b = bias ? bias[o] : 0.f;
       float* dst = out + i * out_img + o * ho * wo;
+      const float* r = res ? res + i * res_img + o * ho * wo : nullptr;
       if (dense) {
         const int64_t g = o / cout_g;
         conv_channel(base + g * (cin / groups) * cin_plane, wq, taps, weight + o * ktaps, ktaps, b, dst, wo, ho,
-                     f[F_ACT]);
+                     f[F_ACT], r);
       } else {
         const int64_t lo = rowptr[o], hi = rowptr[o + 1];
-        conv_channel(base, wq, taps + lo, weight + lo, hi - lo, b, dst, wo, ho, f[F_ACT]);
+        conv_channel(base, wq, taps + lo, weight + lo, hi - lo, b, dst, wo, ho, f[F_ACT], r);
       }
     }
 }
@@ -268,8 +282,8 @@ void run_pool(const int64_t* f, const Ctx& c) {
   // F_AUX: 0 max, 1 average with count_include_pad=False, 2 average counting padding
   const int64_t n = c.batch, ch = f[F_C], h = f[F_H], wd = f[F_W], ho = f[F_HO], wo = f[F_WO];
   const int64_t k = f[F_K], s = f[F_STRIDE], p = f[F_PAD], kind = f[F_AUX];
-  const float* x = c.arena + f[F_X] * n;
-  float* out = c.arena + f[F_OUT] * n;
+  const float* x = c.at(f, F_X, F_X_AT);
+  float* out = c.at(f, F_OUT, F_OUT_AT);
 #pragma omp for schedule(static) collapse(2)
   for (int64_t i = 0; i < n; ++i)
     for (int64_t cc = 0; cc < ch; ++cc) {
@@ -295,9 +309,9 @@ void run_pool(const int64_t* f, const Ctx& c) {
 
 void run_elementwise(const int64_t* f, const Ctx& c) {
   const int64_t n = c.batch, op = f[F_OP], ch = f[F_C], plane = f[F_H] * f[F_W];
-  const float* x = c.arena + f[F_X] * n;
-  const float* y = op == OP_ADD ? c.arena + f[F_Y] * n : nullptr;
-  float* out = c.arena + f[F_OUT] * n;
+  const float* x = c.at(f, F_X, F_X_AT);
+  const float* y = op == OP_ADD ? c.at(f, F_Y, F_Y_AT) : nullptr;
+  float* out = c.at(f, F_OUT, F_OUT_AT);
   const float* scale = op == OP_AFFINE ? c.fpool + f[F_WEIGHT] : nullptr;
   const float* shift = op == OP_AFFINE ? c.fpool + f[F_BIAS] : nullptr;
   const int64_t act = f[F_ACT];
@@ -320,8 +334,8 @@ void run_elementwise(const int64_t* f, const Ctx& c) {
 
 void run_gap(const int64_t* f, const Ctx& c) {
   const int64_t n = c.batch, ch = f[F_C], plane = f[F_H] * f[F_W];
-  const float* x = c.arena + f[F_X] * n;
-  float* out = c.arena + f[F_OUT] * n;
+  const float* x = c.at(f, F_X, F_X_AT);
+  float* out = c.at(f, F_OUT, F_OUT_AT);
 #pragma omp for schedule(static) collapse(2)
   for (int64_t i = 0; i < n; ++i)
     for (int64_t cc = 0; cc < ch; ++cc) {
@@ -335,8 +349,8 @@ void run_gap(const int64_t* f, const Ctx& c) {
 // out[:, AUX : AUX + C] = x (one input of a concatenation)
 void run_copy_channels(const int64_t* f, const Ctx& c) {
   const int64_t n = c.batch, size = f[F_C] * f[F_H] * f[F_W], at = f[F_AUX] * f[F_H] * f[F_W];
-  const float* x = c.arena + f[F_X] * n;
-  float* out = c.arena + f[F_OUT] * n;
+  const float* x = c.at(f, F_X, F_X_AT);
+  float* out = c.at(f, F_OUT, F_OUT_AT);
 #pragma omp for schedule(static)
   for (int64_t i = 0; i < n; ++i) std::memcpy(out + i * f[F_OUT_IMG] + at, x + i * f[F_X_IMG], sizeof(float) * size);
 }
@@ -345,8 +359,8 @@ void run_copy_channels(const int64_t* f, const Ctx& c) {
 void run_shift(const int64_t* f, const Ctx& c) {
   const int64_t n = c.batch, ch = f[F_C], h = f[F_H], wd = f[F_W], ho = f[F_HO], wo = f[F_WO];
   const int64_t dy = f[F_AUX], dx = f[F_AUX2];
-  const float* x = c.arena + f[F_X] * n;
-  float* out = c.arena + f[F_OUT] * n;
+  const float* x = c.at(f, F_X, F_X_AT);
+  float* out = c.at(f, F_OUT, F_OUT_AT);
 #pragma omp for schedule(static) collapse(2)
   for (int64_t i = 0; i < n; ++i)
     for (int64_t cc = 0; cc < ch; ++cc) {
@@ -362,7 +376,7 @@ void run_shift(const int64_t* f, const Ctx& c) {
 
 void run_zero(const int64_t* f, const Ctx& c) {
   const int64_t n = c.batch;
-  float* out = c.arena + f[F_OUT] * n;
+  float* out = c.at(f, F_OUT, F_OUT_AT);
 #pragma omp for schedule(static)
   for (int64_t i = 0; i < n; ++i) std::fill(out + i * f[F_OUT_IMG], out + (i + 1) * f[F_OUT_IMG], 0.f);
 }
