@@ -25,8 +25,14 @@ FLAGS = ["-O3", "-march=native", "-fopenmp", "-std=c++17", "-fPIC", "-shared"]
 
 
 def _installed() -> Path | None:
+    """The extension built at install time, unless the source was edited after that build."""
     spec = importlib.util.find_spec("dass.deploy._sparse_runtime")
-    return Path(spec.origin) if spec and spec.origin else None
+    if not spec or not spec.origin:
+        return None
+    built = Path(spec.origin)
+    if SOURCE.is_file() and SOURCE.stat().st_mtime > built.stat().st_mtime:
+        return None   # a development checkout with newer kernels: compile those on demand
+    return built
 
 
 def _cache_dir() -> Path:
