@@ -26,7 +26,7 @@ from .fold import fold_batchnorm
 
 # Instruction layout: must match the Field enum of kernels/sparse_runtime.cpp.
 N_FIELDS = 40
-FIELDS = dict(X_AT=32, Y_AT=33, OUT_AT=34, OP=0, X=1, Y=2, OUT=3, C=4, H=5, W=6, CO=7, HO=8, WO=9, K=10, STRIDE=11, PAD=12, DIL=13, GROUPS=14,
+FIELDS = dict(X_AT=32, Y_AT=33, OUT_AT=34, CHANNELS=35, NCHANNELS=36, OP=0, X=1, Y=2, OUT=3, C=4, H=5, W=6, CO=7, HO=8, WO=9, K=10, STRIDE=11, PAD=12, DIL=13, GROUPS=14,
          ACT=15, IN_ACT=16, WEIGHT=17, BIAS=18, ROWPTR=19, TAPS=20, DENSE=21, KTAPS=22, HQ=23, WQ=24, SCRATCH=25,
          AUX=26, AUX2=27, X_IMG=28, Y_IMG=29, OUT_IMG=30)
 OPS = dict(conv=1, act=2, add=3, affine=4, pool=5, gap=6, copy_channels=7, shift=8, zero=9)
@@ -489,6 +489,12 @@ def _conv_fields(op: IROp, x: Value, out: Value, pools: _Pools, dense_threshold:
         rowptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=co))])
         fields.update(DENSE=0, KTAPS=0, WEIGHT=pools.f(flat[rows, cols]), TAPS=pools.i(table[cols] + group_base),
                       ROWPTR=pools.i(rowptr))
+    # input channels that some tap reads: only those get a padded copy (at 99% most channels of a
+    # depthwise layer have no weight left)
+    # (the dense layout reads every tap, zeros included, so it copies every channel)
+    used = np.arange(cin) if fields["DENSE"] else \
+        np.flatnonzero(np.abs(w).reshape(groups, co // groups, cin_g, k * k).sum(axis=(1, 3)).reshape(-1))
+    fields.update(CHANNELS=pools.i(used), NCHANNELS=used.size)
     scratch = cin * plane if copy else 0
     return fields, scratch, nnz * ho * wo
 

@@ -56,6 +56,7 @@ enum Field {
   F_AUX = 26, F_AUX2 = 27,                          // op-specific (pool kind, channel offset, shifts)
   F_X_IMG = 28, F_Y_IMG = 29, F_OUT_IMG = 30,      // per-image strides (floats) of x, y, out
   F_X_AT = 32, F_Y_AT = 33, F_OUT_AT = 34,         // offsets inside an image (a channel slice of a bigger buffer)
+  F_CHANNELS = 35, F_NCHANNELS = 36,               // input channels some tap reads (int pool); only those are copied
   N_FIELDS = 40
 };
 
@@ -243,11 +244,15 @@ void run_conv(const int64_t* f, const Ctx& c) {
   int64_t src_img = x_img;
   if (f[F_SCRATCH]) {
     const int64_t plane = s * s * hq * wq;
+    const int32_t* used = c.ipool + f[F_CHANNELS];
+    const int64_t nused = f[F_NCHANNELS];
 #pragma omp for schedule(static) collapse(2)
     for (int64_t i = 0; i < n; ++i)
-      for (int64_t ch = 0; ch < cin; ++ch)
+      for (int64_t k = 0; k < nused; ++k) {
+        const int64_t ch = used[k];
         build_phases(x + i * x_img + ch * h * wd, h, wd, f[F_PAD], s, hq, wq, f[F_IN_ACT],
                      c.scratch + i * cin * plane + ch * plane);
+      }
     src = c.scratch;
     src_img = cin * plane;
   }
