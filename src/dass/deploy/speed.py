@@ -113,6 +113,19 @@ def _measure(dense: nn.Module, packed: PackedModel, input_shape: tuple[int, int,
     return results, profile
 
 
+def packed_latency(packed: PackedModel, batch: int, warmup: int = 3, repeats: int = 20) -> float:
+    """Median seconds per call of the packed model on a random batch."""
+    x = np.random.default_rng(0).standard_normal((batch, *packed.input_shape)).astype(np.float32)
+    for _ in range(warmup):
+        packed(x)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        packed(x)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
 @torch.no_grad()
 def calibrate_batchnorm(model: nn.Module, images: torch.Tensor, batch: int = 128) -> None:
     """Re-estimate batch-norm statistics on ``images`` (for synthetically pruned models in benchmarks)."""

@@ -59,21 +59,38 @@ def evaluate_run(run_dir: str | Path, latency: bool = True, repeats: int = 20) -
         result["latency_b1_ms"] = 1e3 * measure_latency(model, info["input_shape"], 1, repeats=repeats)
         result["latency_b64_ms"] = 1e3 * measure_latency(model, info["input_shape"], 64, warmup=2,
                                                          repeats=max(3, repeats // 5))
+        result.update(_packed_latencies(model, info["input_shape"], repeats))
     atomic_write_text(Path(run_dir) / "eval.json", json.dumps(result, indent=2) + "\n")
     return result
+
+
+def _packed_latencies(model: torch.nn.Module, input_shape: tuple[int, ...], repeats: int) -> dict:
+    """Latency of the same network on the packed sparse runtime (what `dass export` produces)."""
+    from ..deploy.compiler import compile_model
+    from ..deploy.packed import PackedModel
+    from ..deploy.speed import packed_latency
+
+    try:
+        packed = PackedModel(compile_model(model, input_shape), threads=2)
+    except DassError as exc:   # an op the runtime does not cover: report PyTorch latency only
+        return {"packed_error": str(exc)}
+    return {"packed_latency_b1_ms": 1e3 * packed_latency(packed, 1, repeats=repeats),
+            "packed_latency_b64_ms": 1e3 * packed_latency(packed, 64, warmup=2, repeats=max(3, repeats // 5))}
 
 
 def compare_table(results: list[dict]) -> str:
     """A Markdown table over evaluated runs."""
     head = ("| run | model | sparsity | top-1 (%) | nonzero params | params | sparse MACs | dense MACs | "
-            "checkpoint (KB) | latency b1 (ms) | latency b64 (ms) |")
+            "checkpoint (KB) | latency b1 (ms) | latency b64 (ms) | packed b1 (ms) | packed b64 (ms) |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in results:
         lat1 = f"{r['latency_b1_ms']:.2f}" if "latency_b1_ms" in r else "-"
         lat64 = f"{r['latency_b64_ms']:.1f}" if "latency_b64_ms" in r else "-"
+        packed1 = f"{r['packed_latency_b1_ms']:.2f}" if "packed_latency_b1_ms" in r else "-"
+        packed64 = f"{r['packed_latency_b64_ms']:.1f}" if "packed_latency_b64_ms" in r else "-"
         lines.append(f"| {Path(r['run']).name} | {r['model']} | {r['sparsity']:.2f} | {100 * r['top1']:.2f} | "
                      f"{r['nonzero_params']:,} | {r['params']:,} | {r['sparse_macs']:,} | {r['macs']:,} | "
-                     f"{r['checkpoint_bytes'] / 1024:.1f} | {lat1} | {lat64} |")
+                     f"{r['checkpoint_bytes'] / 1024:.1f} | {lat1} | {lat64} | {packed1} | {packed64} |")
     return "\n".join(lines)
 
 

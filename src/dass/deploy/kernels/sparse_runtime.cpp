@@ -19,7 +19,10 @@
 
 #include <Python.h>
 
+#include <sched.h>
+
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <omp.h>
@@ -223,7 +226,35 @@ void build_phases(const float* in, int64_t h, int64_t wd, int64_t pad, int64_t s
     }
 }
 
+// The barrier between instructions. OpenMP's own barriers spin for a long time before sleeping; when the
+// machine is busy with other work (two cores shared with a training job, say) a thread spinning while its
+// partner is descheduled burns whole scheduler slices, and a 20-op network took 5x longer on two threads
+// than on one. This one spins briefly, then yields the core.
+struct Barrier {
+  std::atomic<int> arrived{0};
+  std::atomic<int> generation{0};
+  int size = 1;
+
+  void wait() {
+    if (size == 1) return;
+    const int gen = generation.load(std::memory_order_acquire);
+    if (arrived.fetch_add(1, std::memory_order_acq_rel) == size - 1) {
+      arrived.store(0, std::memory_order_relaxed);
+      generation.fetch_add(1, std::memory_order_release);
+      return;
+    }
+    for (int spins = 0; generation.load(std::memory_order_acquire) == gen; ++spins) {
+      if (spins < 4000) {
+        _mm_pause();
+      } else {
+        sched_yield();
+      }
+    }
+  }
+};
+
 struct Ctx {
+  Barrier* barrier;
   float* arena;
   float* scratch;
   const float* fpool;
@@ -246,13 +277,14 @@ void run_conv(const int64_t* f, const Ctx& c) {
     const int64_t plane = s * s * hq * wq;
     const int32_t* used = c.ipool + f[F_CHANNELS];
     const int64_t nused = f[F_NCHANNELS];
-#pragma omp for schedule(static) collapse(2)
+#pragma omp for schedule(static) collapse(2) nowait
     for (int64_t i = 0; i < n; ++i)
       for (int64_t k = 0; k < nused; ++k) {
         const int64_t ch = used[k];
         build_phases(x + i * x_img + ch * h * wd, h, wd, f[F_PAD], s, hq, wq, f[F_IN_ACT],
                      c.scratch + i * cin * plane + ch * plane);
       }
+    c.barrier->wait();
     src = c.scratch;
     src_img = cin * plane;
   }
@@ -265,7 +297,7 @@ void run_conv(const int64_t* f, const Ctx& c) {
   const int64_t cin_plane = f[F_SCRATCH] ? s * s * hq * wq : h * wd;
   const float* res = f[F_Y] >= 0 ? c.at(f, F_Y, F_Y_AT) : nullptr;   // a fused residual addition
   const int64_t res_img = f[F_Y_IMG];
-#pragma omp for schedule(dynamic, 1) collapse(2)
+#pragma omp for schedule(dynamic, 1) collapse(2) nowait
   for (int64_t i = 0; i < n; ++i)
     for (int64_t o = 0; o < co; ++o) {
       const float* base = src + i * src_img;
@@ -289,7 +321,7 @@ void run_pool(const int64_t* f, const Ctx& c) {
   const int64_t k = f[F_K], s = f[F_STRIDE], p = f[F_PAD], kind = f[F_AUX];
   const float* x = c.at(f, F_X, F_X_AT);
   float* out = c.at(f, F_OUT, F_OUT_AT);
-#pragma omp for schedule(static) collapse(2)
+#pragma omp for schedule(static) collapse(2) nowait
   for (int64_t i = 0; i < n; ++i)
     for (int64_t cc = 0; cc < ch; ++cc) {
       const float* in = x + i * f[F_X_IMG] + cc * h * wd;
@@ -320,7 +352,7 @@ void run_elementwise(const int64_t* f, const Ctx& c) {
   const float* scale = op == OP_AFFINE ? c.fpool + f[F_WEIGHT] : nullptr;
   const float* shift = op == OP_AFFINE ? c.fpool + f[F_BIAS] : nullptr;
   const int64_t act = f[F_ACT];
-#pragma omp for schedule(static) collapse(2)
+#pragma omp for schedule(static) collapse(2) nowait
   for (int64_t i = 0; i < n; ++i)
     for (int64_t cc = 0; cc < ch; ++cc) {
       const float* a = x + i * f[F_X_IMG] + cc * plane;
@@ -341,7 +373,7 @@ void run_gap(const int64_t* f, const Ctx& c) {
   const int64_t n = c.batch, ch = f[F_C], plane = f[F_H] * f[F_W];
   const float* x = c.at(f, F_X, F_X_AT);
   float* out = c.at(f, F_OUT, F_OUT_AT);
-#pragma omp for schedule(static) collapse(2)
+#pragma omp for schedule(static) collapse(2) nowait
   for (int64_t i = 0; i < n; ++i)
     for (int64_t cc = 0; cc < ch; ++cc) {
       const float* a = x + i * f[F_X_IMG] + cc * plane;
@@ -356,7 +388,7 @@ void run_copy_channels(const int64_t* f, const Ctx& c) {
   const int64_t n = c.batch, size = f[F_C] * f[F_H] * f[F_W], at = f[F_AUX] * f[F_H] * f[F_W];
   const float* x = c.at(f, F_X, F_X_AT);
   float* out = c.at(f, F_OUT, F_OUT_AT);
-#pragma omp for schedule(static)
+#pragma omp for schedule(static) nowait
   for (int64_t i = 0; i < n; ++i) std::memcpy(out + i * f[F_OUT_IMG] + at, x + i * f[F_X_IMG], sizeof(float) * size);
 }
 
@@ -366,7 +398,7 @@ void run_shift(const int64_t* f, const Ctx& c) {
   const int64_t dy = f[F_AUX], dx = f[F_AUX2];
   const float* x = c.at(f, F_X, F_X_AT);
   float* out = c.at(f, F_OUT, F_OUT_AT);
-#pragma omp for schedule(static) collapse(2)
+#pragma omp for schedule(static) collapse(2) nowait
   for (int64_t i = 0; i < n; ++i)
     for (int64_t cc = 0; cc < ch; ++cc) {
       const float* in = x + i * f[F_X_IMG] + cc * h * wd;
@@ -382,7 +414,7 @@ void run_shift(const int64_t* f, const Ctx& c) {
 void run_zero(const int64_t* f, const Ctx& c) {
   const int64_t n = c.batch;
   float* out = c.at(f, F_OUT, F_OUT_AT);
-#pragma omp for schedule(static)
+#pragma omp for schedule(static) nowait
   for (int64_t i = 0; i < n; ++i) std::fill(out + i * f[F_OUT_IMG], out + (i + 1) * f[F_OUT_IMG], 0.f);
 }
 
@@ -394,10 +426,16 @@ extern "C" {
 // `times` (nullable) receives each instruction's wall time in seconds, for profiling.
 int dass_run(const int64_t* program, int64_t count, float* arena, float* scratch, const float* fpool,
              const int32_t* ipool, int64_t batch, int threads, double* times) {
-  int error = 0;
-  Ctx ctx{arena, scratch, fpool, ipool, batch};
+  for (int64_t k = 0; k < count; ++k) {
+    const int64_t op = program[k * N_FIELDS + F_OP];
+    if (op < OP_CONV || op > OP_ZERO) return static_cast<int>(k) + 1;
+  }
+  Barrier barrier;
+  Ctx ctx{&barrier, arena, scratch, fpool, ipool, batch};
 #pragma omp parallel num_threads(threads)
   {
+#pragma omp single
+    barrier.size = omp_get_num_threads();   // the team may be smaller than asked; implicit barrier follows
     // Denormal inputs and results flush to zero (as in most inference runtimes): a denormal operand
     // costs ~100x a normal multiply-add. The mode is per thread and OpenMP threads may be shared with
     // PyTorch, so it is restored on the way out.
@@ -415,25 +453,18 @@ int dass_run(const int64_t* program, int64_t count, float* arena, float* scratch
         case OP_GAP: run_gap(f, ctx); break;
         case OP_COPY_CHANNELS: run_copy_channels(f, ctx); break;
         case OP_SHIFT: run_shift(f, ctx); break;
-        case OP_ZERO: run_zero(f, ctx); break;
-        default:
-#pragma omp single
-          error = static_cast<int>(k) + 1;
-          break;
+        default: run_zero(f, ctx); break;
       }
-      if (times) {
-#pragma omp master
-        {
-          const double now = omp_get_wtime();
-          times[k] = now - last;
-          last = now;
-        }
+      barrier.wait();
+      if (times && omp_get_thread_num() == 0) {
+        const double now = omp_get_wtime();
+        times[k] = now - last;
+        last = now;
       }
-      if (error) break;
     }
     _mm_setcsr(csr);
   }
-  return error;
+  return 0;
 }
 
 int dass_fields() { return N_FIELDS; }
