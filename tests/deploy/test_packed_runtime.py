@@ -190,3 +190,30 @@ def test_speed_report_measures_both(images):
     assert all(r.dense_ms > 0 and r.packed_ms > 0 and r.max_abs_diff < TOL for r in report.results)
     assert "conv 3x3" in report.profile and report.profile["conv 3x3"]["macs"] > 0
     assert "speed-up" in report.table() and "GMAC/s" in report.profile_table()
+
+
+def test_packed_model_runs_without_pytorch(tmp_path, images):
+    """An edge device carries NumPy and the kernels: loading and running must not import torch."""
+    import subprocess
+    import sys
+
+    model = synthetic_model("resnet18", 0.9, (3, 32, 32), width=0.125)
+    PackedModel(compile_model(model, (3, 32, 32))).save(tmp_path / "m.npz")
+    np.save(tmp_path / "x.npy", images[:2].numpy())
+    script = f"""
+import sys
+class NoTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError("torch is not available here")
+sys.meta_path.insert(0, NoTorch())
+import numpy as np
+from dass.deploy.packed import PackedModel
+out = PackedModel.load(r"{tmp_path / 'm.npz'}")(np.load(r"{tmp_path / 'x.npy'}"))
+np.save(r"{tmp_path / 'out.npy'}", out)
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    with torch.no_grad():
+        ref = model(images[:2]).numpy()
+    assert np.abs(np.load(tmp_path / "out.npy") - ref).max() < TOL

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DassError
-from ..runtime.files import atomic_write
-from .compiler import N_FIELDS, Program
+from ..runtime.files import atomic_write  # (dass.runtime imports torch lazily)
+from .program import N_FIELDS, Program
 from .native import library
 
 FORMAT = "dass-packed-model"

@@ -1,7 +1,20 @@
-"""Run plumbing used by every stage: config, run directory, checkpoints, atomic files."""
+"""Run plumbing used by every stage: config, run directory, checkpoints, atomic files.
 
-from .checkpoint import load_checkpoint, save_checkpoint
-from .files import atomic_write, atomic_write_text
-from .rundir import RunDir, new_run_dir
+Names load lazily, so that torch-free parts (``dass.runtime.files``, used by the packed runtime) do not
+import PyTorch.
+"""
 
-__all__ = ["load_checkpoint", "save_checkpoint", "atomic_write", "atomic_write_text", "RunDir", "new_run_dir"]
+from importlib import import_module
+
+_NAMES = {
+    "load_checkpoint": ".checkpoint", "save_checkpoint": ".checkpoint",
+    "atomic_write": ".files", "atomic_write_text": ".files",
+    "RunDir": ".rundir", "new_run_dir": ".rundir",
+}
+__all__ = list(_NAMES)
+
+
+def __getattr__(name: str):
+    if name in _NAMES:
+        return getattr(import_module(_NAMES[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
