@@ -33,6 +33,7 @@ class ModelConfig:
     multiplier: int = 4
     stem_multiplier: int = 3
     ops: list[str] = field(default_factory=lambda: list(PRIMITIVES))
+    partial_channels: int = 1         # PC-DARTS: K > 1 runs the ops on 1/K of the channels (memory-light)
 
 
 @dataclass
@@ -95,6 +96,9 @@ class SearchRunConfig:
             (1 <= m.multiplier <= m.nodes, f"model.multiplier must be in 1..nodes ({m.nodes}), got {m.multiplier}"),
             (self.threads is None or self.threads >= 1, "threads must be at least 1"),
             (s.grad_clip > 0, "search.grad_clip must be positive"),
+            (m.partial_channels >= 1 and m.init_channels % m.partial_channels == 0,
+             f"model.partial_channels must be >= 1 and divide model.init_channels ({m.init_channels}), "
+             f"got {m.partial_channels}"),
         ]
         for ok, message in checks:
             if not ok:

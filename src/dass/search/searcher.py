@@ -106,7 +106,8 @@ class DassSearch(PhasedRun):
         torch.manual_seed(config.seed)
         m = config.model
         self.model = Supernet(SupernetConfig(m.init_channels, m.layers, m.nodes, m.multiplier, m.stem_multiplier,
-                                             list(m.ops), self.in_channels, self.num_classes))
+                                             list(m.ops), self.in_channels, self.num_classes,
+                                             m.partial_channels))
         s = config.search
         self.arch_optimizer = torch.optim.Adam(self.model.arch_parameters(), lr=s.arch_lr,
                                                betas=(s.arch_beta1, s.arch_beta2), weight_decay=s.arch_weight_decay)

@@ -165,11 +165,17 @@ def _literal(node: ast.AST):
 
 
 def derive_genotype(alphas_normal: torch.Tensor, alphas_reduce: torch.Tensor, ops: Sequence[str],
-                    multiplier: int | None = None) -> Genotype:
-    """The DARTS rule: per node, the two incoming edges whose strongest non-``none`` op weighs most."""
+                    multiplier: int | None = None, edges_normal: torch.Tensor | None = None,
+                    edges_reduce: torch.Tensor | None = None) -> Genotype:
+    """The DARTS rule: per node, the two incoming edges whose strongest non-``none`` op weighs most.
 
-    def parse(alpha: torch.Tensor) -> list[Edge]:
+    ``edges_*`` (PC-DARTS' normalized edge weights) scale each edge's op weights before the choice.
+    """
+
+    def parse(alpha: torch.Tensor, edge_w: torch.Tensor | None) -> list[Edge]:
         weights = torch.softmax(alpha.detach().float(), dim=-1)
+        if edge_w is not None:
+            weights = weights * edge_w.detach().float()[:, None]
         candidates = [k for k, name in enumerate(ops) if name != "none"]
         if not candidates:
             raise DassError("the op set has no op other than 'none'; nothing can be derived")
@@ -186,7 +192,7 @@ def derive_genotype(alphas_normal: torch.Tensor, alphas_reduce: torch.Tensor, op
             n_inputs += 1
         return edges
 
-    normal, reduce = parse(alphas_normal), parse(alphas_reduce)
+    normal, reduce = parse(alphas_normal, edges_normal), parse(alphas_reduce, edges_reduce)
     nodes = len(normal) // 2
     multiplier = nodes if multiplier is None else multiplier
     concat = list(range(2 + nodes - multiplier, nodes + 2))

@@ -29,38 +29,59 @@ class SupernetConfig:
     ops: Sequence[str] = field(default_factory=lambda: list(PRIMITIVES))
     in_channels: int = 3
     num_classes: int = 10
+    partial_channels: int = 1   # PC-DARTS: ops see 1/K of the channels; K > 1 adds edge normalization
+
+
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    n, c, h, w = x.shape
+    return x.view(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
 
 
 class MixedOp(nn.Module):
-    """Softmax-weighted sum of every candidate op on one edge. ``none`` is skipped: it adds exact zeros."""
+    """Softmax-weighted sum of every candidate op on one edge. ``none`` is skipped: it adds exact zeros.
 
-    def __init__(self, channels: int, stride: int, ops: Sequence[str]):
+    With ``partial`` K > 1 (PC-DARTS, Xu et al. 2020) the ops see only the first 1/K of the channels; the
+    rest bypass the edge (max-pooled on reduction edges) and a channel shuffle mixes the two, cutting the
+    memory and compute of the search about K-fold.
+    """
+
+    def __init__(self, channels: int, stride: int, ops: Sequence[str], partial: int = 1):
         super().__init__()
+        if channels % partial:
+            raise ValueError(f"partial channels K={partial} must divide the edge's {channels} channels")
+        self.partial = partial
         self.op_names = list(ops)
         self.ops = nn.ModuleList()
         self.active: list[int] = []
         for k, name in enumerate(ops):
-            op = build_op(name, channels, stride, affine=False)
+            op = build_op(name, channels // partial, stride, affine=False)
             if is_pooling(name):
-                op = nn.Sequential(op, nn.BatchNorm2d(channels, affine=False))
+                op = nn.Sequential(op, nn.BatchNorm2d(channels // partial, affine=False))
             self.ops.append(op)
             if name != "none":
                 self.active.append(k)
         self.stride = stride
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        if self.partial > 1:
+            c = x.shape[1] // self.partial
+            x, rest = x[:, :c], x[:, c:]
         out = None
         for k in self.active:
             y = weights[k] * self.ops[k](x)
             out = y if out is None else out + y
         if out is None:  # an op set of only 'none'
             out = self.ops[0](x) * weights[0]
+        if self.partial > 1:
+            if self.stride == 2:
+                rest = F.max_pool2d(rest, 2, 2)
+            out = channel_shuffle(torch.cat([out, rest], dim=1), self.partial)
         return out
 
 
 class SearchCell(nn.Module):
     def __init__(self, nodes: int, multiplier: int, c_prev_prev: int, c_prev: int, c: int,
-                 reduction: bool, reduction_prev: bool, ops: Sequence[str]):
+                 reduction: bool, reduction_prev: bool, ops: Sequence[str], partial: int = 1):
         super().__init__()
         self.reduction = reduction
         self.nodes = nodes
@@ -74,13 +95,18 @@ class SearchCell(nn.Module):
         for i in range(nodes):
             for j in range(2 + i):
                 stride = 2 if reduction and j < 2 else 1
-                self.edges.append(MixedOp(c, stride, ops))
+                self.edges.append(MixedOp(c, stride, ops, partial))
 
-    def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor,
+                edge_weights: torch.Tensor | None = None) -> torch.Tensor:
         states = [self.preprocess0(s0), self.preprocess1(s1)]
         offset = 0
         for _ in range(self.nodes):
-            s = sum(self.edges[offset + j](h, weights[offset + j]) for j, h in enumerate(states))
+            if edge_weights is None:
+                s = sum(self.edges[offset + j](h, weights[offset + j]) for j, h in enumerate(states))
+            else:
+                s = sum(edge_weights[offset + j] * self.edges[offset + j](h, weights[offset + j])
+                        for j, h in enumerate(states))
             offset += len(states)
             states.append(s)
         return torch.cat(states[-self.multiplier:], dim=1)
@@ -114,7 +140,7 @@ class Supernet(nn.Module):
             if reduction:
                 c_curr *= 2
             cell = SearchCell(config.nodes, config.multiplier, c_prev_prev, c_prev, c_curr,
-                              reduction, reduction_prev, config.ops)
+                              reduction, reduction_prev, config.ops, config.partial_channels)
             self.cells.append(cell)
             reduction_prev = reduction
             c_prev_prev, c_prev = c_prev, config.multiplier * c_curr
@@ -122,28 +148,48 @@ class Supernet(nn.Module):
         k, n = num_edges(config.nodes), len(config.ops)
         self.alphas_normal = nn.Parameter(1e-3 * torch.randn(k, n))
         self.alphas_reduce = nn.Parameter(1e-3 * torch.randn(k, n))
+        # PC-DARTS edge normalization: one weight per edge, softmax over each node's incoming edges
+        self.betas_normal = nn.Parameter(1e-3 * torch.randn(k)) if config.partial_channels > 1 else None
+        self.betas_reduce = nn.Parameter(1e-3 * torch.randn(k)) if config.partial_channels > 1 else None
 
     # -- parameter groups --------------------------------------------------------------------
     def arch_parameters(self) -> list[nn.Parameter]:
-        return [self.alphas_normal, self.alphas_reduce]
+        betas = [self.betas_normal, self.betas_reduce] if self.betas_normal is not None else []
+        return [self.alphas_normal, self.alphas_reduce, *betas]
 
     def weight_parameters(self) -> list[nn.Parameter]:
         """Everything but the architecture weights and the pruning scores."""
         return [p for name, p in self.named_parameters()
-                if not name.startswith("alphas_") and not name.endswith("scores")]
+                if not name.startswith(("alphas_", "betas_")) and not name.endswith("scores")]
+
+    def edge_weights(self, betas: torch.Tensor | None) -> torch.Tensor | None:
+        """Softmax of the edge weights over the incoming edges of each node (None without PC-DARTS)."""
+        if betas is None:
+            return None
+        parts, start = [], 0
+        for i in range(self.config.nodes):
+            parts.append(F.softmax(betas[start:start + 2 + i], dim=-1))
+            start += 2 + i
+        return torch.cat(parts)
 
     # -- forward -----------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w_normal = F.softmax(self.alphas_normal, dim=-1)
         w_reduce = F.softmax(self.alphas_reduce, dim=-1)
+        e_normal, e_reduce = self.edge_weights(self.betas_normal), self.edge_weights(self.betas_reduce)
         s0 = s1 = self.stem(x)
         for cell in self.cells:
-            s0, s1 = s1, cell(s0, s1, w_reduce if cell.reduction else w_normal)
+            if cell.reduction:
+                s0, s1 = s1, cell(s0, s1, w_reduce, e_reduce)
+            else:
+                s0, s1 = s1, cell(s0, s1, w_normal, e_normal)
         out = F.adaptive_avg_pool2d(s1, 1).flatten(1)
         return self.classifier(out)
 
     def genotype(self) -> Genotype:
-        return derive_genotype(self.alphas_normal, self.alphas_reduce, self.config.ops, self.config.multiplier)
+        with torch.no_grad():
+            return derive_genotype(self.alphas_normal, self.alphas_reduce, self.config.ops, self.config.multiplier,
+                                   self.edge_weights(self.betas_normal), self.edge_weights(self.betas_reduce))
 
     def alpha_softmax(self) -> dict[str, list[list[float]]]:
         return {
