@@ -34,7 +34,7 @@ def _kept(module: nn.Module) -> int:
 
 def deployable_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     """Parameters a deployed model needs: not the pruning scores, not architecture weights."""
-    return [(n, p) for n, p in model.named_parameters() if not n.endswith("scores") and not n.startswith("alphas_")]
+    return [(n, p) for n, p in model.named_parameters() if not n.endswith("scores") and not n.startswith(("alphas_", "betas_"))]
 
 
 @torch.no_grad()

@@ -81,6 +81,8 @@ class Architect:
         self.order = order
         self.unrolled_eps = unrolled_eps
         self.loss_fn = loss_fn
+        # an extra architecture loss that depends on the architecture parameters only (e.g. expected cost)
+        self.penalty: Callable[[], torch.Tensor] | None = None
 
     def step(self, x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.Tensor, y_val: torch.Tensor,
              lower: LowerLevel | None) -> float:
@@ -90,6 +92,10 @@ class Architect:
                 loss, grads = self.first_order_grads(x_val, y_val)
             else:
                 loss, grads = self.second_order_grads(x_train, y_train, x_val, y_val, lower)
+        if self.penalty is not None:
+            extra = self._dense(torch.autograd.grad(self.penalty(), self.arch_params, allow_unused=True),
+                                self.arch_params)
+            grads = [g + e for g, e in zip(grads, extra)]
         for p, g in zip(self.arch_params, grads):
             p.grad = g
         self.optimizer.step()

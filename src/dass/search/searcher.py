@@ -29,6 +29,7 @@ from ..runtime import RunDir
 from ..sparse import Phase, configure_phase, init_scores, overall_density, set_sparsity
 from ..sparse.layers import sparse_layers
 from ..space import Genotype, Supernet, SupernetConfig
+from .cost import CostObjective, edge_op_costs, genotype_cost
 from .architect import Architect, LowerLevel
 from .config import SearchRunConfig
 
@@ -115,12 +116,15 @@ class DassSearch(PhasedRun):
                                    s.unrolled_eps)
         self.plan = phase_plan(config)
         self.lower: _LowerOptimizers | None = None
+        self.cost: CostObjective | None = None
 
     def _setup_data(self) -> None:
         d, s = self.config.data, self.config.search
         dataset = load_dataset(d.dataset, d.data_dir, d.download).subset(d.subset)
         self.dataset_name = dataset.name
         self.in_channels, self.num_classes = dataset.in_channels, dataset.num_classes
+        _, h, w, c = dataset.x_train.shape   # images are N x H x W x C
+        self.input_shape = (int(c), int(h), int(w))
         train_idx, val_idx = split_train_val(len(dataset.x_train), d.val_fraction, self.config.seed)
         norm = Normalization.fit(dataset.x_train[train_idx])
         x_all, y_all = norm(dataset.x_train), torch.from_numpy(dataset.y_train)
@@ -147,6 +151,13 @@ class DassSearch(PhasedRun):
             set_sparsity(self.model, 0.0)
         configure_phase(self.model, plan.phase)
         self.lower = _LowerOptimizers(self.model, plan, self.config)
+        if s.cost_weight > 0:   # costs at the target sparsity (under a global threshold: the current masks)
+            self.cost = CostObjective(self.model, self._costs(), s.cost_weight)
+            self.architect.penalty = self.cost.penalty
+
+    def _costs(self) -> dict[str, torch.Tensor]:
+        s = self.config.search
+        return edge_op_costs(self.model, self.input_shape, s.sparsity, s.mask_scope)
 
     def set_epoch(self, epoch: int) -> dict[str, float]:
         assert self.lower is not None
@@ -175,6 +186,8 @@ class DassSearch(PhasedRun):
         }
         if self.config.search.eval_val:
             record["val_loss"], record["val_acc"] = evaluate(self.model, self.val_eval.batches(0))
+        if self.cost is not None:
+            record["expected_cost_macs"] = float(self.cost.expected())
         record["alphas"] = self.model.alpha_softmax()
         record["genotype"] = self.model.genotype().to_dict()
         self.history.append({"phase": spec.name, "epoch": self.position["epoch"] + 1, "alphas": record["alphas"]})
@@ -209,6 +222,9 @@ class DassSearch(PhasedRun):
             "init_channels": self.config.model.init_channels,
             "layers": self.config.model.layers,
             "seed": self.config.seed,
+            "cost_weight": self.config.search.cost_weight,
+            # nonzero multiply-adds per sample of the chosen ops in the supernet's cells, at the target sparsity
+            "cost_macs": genotype_cost(genotype, self._costs(), list(self.config.model.ops), self.config.model.nodes),
         }
         if records and "val_acc" in records[-1]:
             meta["search_val_acc"] = records[-1]["val_acc"]
