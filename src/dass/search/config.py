@@ -67,6 +67,7 @@ class SearchConfig:
     grad_clip: float = 5.0
     unrolled_eps: float = 0.01
     eval_val: bool = True             # full pass over the val split at each epoch end
+    path_sampling: str = "all"        # all: every op on every edge (DARTS) | proxyless: sampled paths, binary gates
     cost_weight: float = 0.0          # > 0: add cost_weight * expected nonzero MACs / uniform-alpha MACs to the arch loss
 
 
@@ -97,6 +98,10 @@ class SearchRunConfig:
             (1 <= m.multiplier <= m.nodes, f"model.multiplier must be in 1..nodes ({m.nodes}), got {m.multiplier}"),
             (self.threads is None or self.threads >= 1, "threads must be at least 1"),
             (s.grad_clip > 0, "search.grad_clip must be positive"),
+            (s.path_sampling in ("all", "proxyless"),
+             f"search.path_sampling must be all or proxyless, got {s.path_sampling!r}"),
+            (s.path_sampling == "all" or s.order == 1,
+             "search.path_sampling=proxyless needs first-order architecture steps (--order 1)"),
             (s.cost_weight >= 0, f"search.cost_weight must be >= 0 (0 turns the cost term off), got {s.cost_weight}"),
             (m.partial_channels >= 1 and m.init_channels % m.partial_channels == 0,
              f"model.partial_channels must be >= 1 and divide model.init_channels ({m.init_channels}), "

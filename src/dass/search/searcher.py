@@ -151,6 +151,8 @@ class DassSearch(PhasedRun):
             set_sparsity(self.model, 0.0)
         configure_phase(self.model, plan.phase)
         self.lower = _LowerOptimizers(self.model, plan, self.config)
+        if s.path_sampling == "proxyless":
+            self.model.sampler.mode = "argmax"
         if s.cost_weight > 0:   # costs at the target sparsity (under a global threshold: the current masks)
             self.cost = CostObjective(self.model, self._costs(), s.cost_weight)
             self.architect.penalty = self.cost.penalty
@@ -170,10 +172,20 @@ class DassSearch(PhasedRun):
         (x_t, y_t), (x_v, y_v) = batch
         assert self.lower is not None
         s = self.config.search
+        sampler = self.model.sampler
+        if s.path_sampling == "proxyless":   # paths drawn from a generator keyed by the step: resume stays exact
+            p = self.position
+            sampler.generator = torch.Generator().manual_seed(
+                self.config.seed * 1_000_003 + p["phase"] * 100_003 + p["epoch"] * 10_007 + p["step"])
+            sampler.mode = "arch"
         arch_loss = self.architect.step(x_t, y_t, x_v, y_v, self.lower.primary())
+        if s.path_sampling == "proxyless":
+            sampler.mode = "weights"
         loss = correct = 0
         for params, opt, _, _ in self.lower.groups.values():
             loss, correct = sgd_step(self.model, params, opt, x_t, y_t, s.grad_clip)
+        if s.path_sampling == "proxyless":
+            sampler.mode = "argmax"   # evaluation between steps uses the most likely paths
         self.accumulate(arch_loss=arch_loss, train_loss=loss, train_correct=correct, train_count=len(y_t))
 
     def epoch_record(self, spec: PhaseSpec, lrs: dict[str, float]) -> dict:

@@ -37,6 +37,39 @@ def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
     return x.view(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
 
 
+class PathSampler:
+    """How the mixed ops of a supernet run: all paths, or ProxylessNAS' sampled paths with binary gates.
+
+    ``mode``: ``None`` the softmax-weighted sum of every op (DARTS); ``"weights"`` one op per edge sampled
+    from softmax(alpha), run alone (the weight step); ``"arch"`` two distinct ops sampled per edge and one of
+    them gated on, with the binary-gate gradient reaching alpha (the architecture step); ``"argmax"`` the
+    most likely op per edge (evaluation). Only one or two paths per edge hold activations, so memory no
+    longer grows with the number of candidate ops.
+    """
+
+    def __init__(self) -> None:
+        self.mode: str | None = None
+        self.generator: torch.Generator | None = None
+
+
+class _BinaryGate(torch.autograd.Function):
+    """Forward: the gated-on path's output. Backward: dL/dp_k = <dL/dout, o_k> for both sampled paths
+    (BinaryConnect), which the chain rule through p = renormalized softmax turns into ProxylessNAS'
+    estimator dL/dalpha_i = sum_k dL/dg_k p_k (delta_ik - p_i)."""
+
+    @staticmethod
+    def forward(ctx, probs: torch.Tensor, out_a: torch.Tensor, out_b: torch.Tensor, chosen: int) -> torch.Tensor:
+        ctx.save_for_backward(out_a, out_b)
+        ctx.chosen = chosen
+        return (out_a if chosen == 0 else out_b).clone()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        out_a, out_b = ctx.saved_tensors
+        grad_probs = torch.stack([(grad * out_a).sum(), (grad * out_b).sum()])
+        return grad_probs, grad if ctx.chosen == 0 else None, grad if ctx.chosen == 1 else None, None
+
+
 class MixedOp(nn.Module):
     """Softmax-weighted sum of every candidate op on one edge. ``none`` is skipped: it adds exact zeros.
 
@@ -45,8 +78,10 @@ class MixedOp(nn.Module):
     memory and compute of the search about K-fold.
     """
 
-    def __init__(self, channels: int, stride: int, ops: Sequence[str], partial: int = 1):
+    def __init__(self, channels: int, stride: int, ops: Sequence[str], partial: int = 1,
+                 sampler: PathSampler | None = None):
         super().__init__()
+        self.sampler = sampler or PathSampler()
         if channels % partial:
             raise ValueError(f"partial channels K={partial} must divide the edge's {channels} channels")
         self.partial = partial
@@ -66,12 +101,16 @@ class MixedOp(nn.Module):
         if self.partial > 1:
             c = x.shape[1] // self.partial
             x, rest = x[:, :c], x[:, c:]
-        out = None
-        for k in self.active:
-            y = weights[k] * self.ops[k](x)
-            out = y if out is None else out + y
-        if out is None:  # an op set of only 'none'
-            out = self.ops[0](x) * weights[0]
+        mode = self.sampler.mode
+        if mode is not None and self.active:
+            out = self._sampled(x, weights, mode)
+        else:
+            out = None
+            for k in self.active:
+                y = weights[k] * self.ops[k](x)
+                out = y if out is None else out + y
+            if out is None:  # an op set of only 'none'
+                out = self.ops[0](x) * weights[0]
         if self.partial > 1:
             if self.stride == 2:
                 rest = F.max_pool2d(rest, 2, 2)
@@ -79,9 +118,24 @@ class MixedOp(nn.Module):
         return out
 
 
+    def _sampled(self, x: torch.Tensor, weights: torch.Tensor, mode: str) -> torch.Tensor:
+        active = torch.tensor(self.active)
+        w = weights[active]
+        if mode == "argmax" or len(self.active) == 1:
+            return self.ops[self.active[int(w.argmax())]](x)
+        g = self.sampler.generator
+        if mode == "weights":
+            return self.ops[self.active[int(torch.multinomial(w.detach(), 1, generator=g))]](x)
+        a, b = (int(i) for i in torch.multinomial(w.detach(), 2, replacement=False, generator=g))
+        probs = w[[a, b]] / w[[a, b]].sum()
+        chosen = int(torch.multinomial(probs.detach(), 1, generator=g))
+        return _BinaryGate.apply(probs, self.ops[self.active[a]](x), self.ops[self.active[b]](x), chosen)
+
+
 class SearchCell(nn.Module):
     def __init__(self, nodes: int, multiplier: int, c_prev_prev: int, c_prev: int, c: int,
-                 reduction: bool, reduction_prev: bool, ops: Sequence[str], partial: int = 1):
+                 reduction: bool, reduction_prev: bool, ops: Sequence[str], partial: int = 1,
+                 sampler: PathSampler | None = None):
         super().__init__()
         self.reduction = reduction
         self.nodes = nodes
@@ -95,7 +149,7 @@ class SearchCell(nn.Module):
         for i in range(nodes):
             for j in range(2 + i):
                 stride = 2 if reduction and j < 2 else 1
-                self.edges.append(MixedOp(c, stride, ops, partial))
+                self.edges.append(MixedOp(c, stride, ops, partial, sampler))
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor,
                 edge_weights: torch.Tensor | None = None) -> torch.Tensor:
@@ -133,6 +187,7 @@ class Supernet(nn.Module):
         )
         c_prev_prev, c_prev, c_curr = c_curr, c_curr, c
         self.cells = nn.ModuleList()
+        self.sampler = PathSampler()   # shared by every mixed op; see PathSampler for the modes
         reduction_prev = False
         reductions = reduction_layers(config.layers)
         for i in range(config.layers):
@@ -140,7 +195,7 @@ class Supernet(nn.Module):
             if reduction:
                 c_curr *= 2
             cell = SearchCell(config.nodes, config.multiplier, c_prev_prev, c_prev, c_curr,
-                              reduction, reduction_prev, config.ops, config.partial_channels)
+                              reduction, reduction_prev, config.ops, config.partial_channels, self.sampler)
             self.cells.append(cell)
             reduction_prev = reduction
             c_prev_prev, c_prev = c_prev, config.multiplier * c_curr
