@@ -466,7 +466,8 @@ def _conv_fields(op: IROp, x: Value, out: Value, pools: _Pools, dense_threshold:
     # (the dense layout reads every tap, zeros included, so it copies every channel)
     used = np.arange(cin) if fields["DENSE"] else \
         np.flatnonzero(np.abs(w).reshape(groups, co // groups, cin_g, k * k).sum(axis=(1, 3)).reshape(-1))
-    fields.update(CHANNELS=pools.i(used), NCHANNELS=used.size)
+    fields.update(CHANNELS=pools.i(used), NCHANNELS=used.size,
+                  PHASES=sum(1 << int(a * s + b) for a in {(y * d) % s for y in range(k)} for b in {(x * d) % s for x in range(k)}))
     scratch = cin * plane if copy else 0
     return fields, scratch, nnz * ho * wo
 

@@ -25,6 +25,7 @@
 #include <atomic>
 #include <cstdint>
 #include <cstring>
+#include <vector>
 #include <omp.h>
 #include <pmmintrin.h>
 #include <xmmintrin.h>
@@ -60,6 +61,7 @@ enum Field {
   F_X_IMG = 28, F_Y_IMG = 29, F_OUT_IMG = 30,      // per-image strides (floats) of x, y, out
   F_X_AT = 32, F_Y_AT = 33, F_OUT_AT = 34,         // offsets inside an image (a channel slice of a bigger buffer)
   F_CHANNELS = 35, F_NCHANNELS = 36,               // input channels some tap reads (int pool); only those are copied
+  F_PHASES = 37,                                   // bit (a*s + b): some tap reads phase plane (a, b)
   N_FIELDS = 40
 };
 
@@ -190,7 +192,7 @@ void conv_channel(const float* src, int64_t src_row, const int32_t* taps, const 
 // Zero-padded, phase-split copy of one input channel: plane (a, b) holds padded pixels (q*s + a, r*s + b),
 // so a strided tap reads a contiguous run. The input activation is applied on the way.
 void build_phases(const float* in, int64_t h, int64_t wd, int64_t pad, int64_t s, int64_t hq, int64_t wq,
-                  int64_t in_act, float* out) {
+                  int64_t in_act, int64_t phases, float* out) {
   if (s == 1) {
     std::fill(out, out + pad * wq, 0.f);
     for (int64_t y = 0; y < h; ++y) {
@@ -209,7 +211,12 @@ void build_phases(const float* in, int64_t h, int64_t wd, int64_t pad, int64_t s
   }
   for (int64_t a = 0; a < s; ++a)
     for (int64_t b = 0; b < s; ++b) {
+      if (!((phases >> (a * s + b)) & 1)) continue;   // no tap reads this phase (1x1 stride-2 convs: only one)
       float* plane = out + (a * s + b) * hq * wq;
+      // columns r whose source x = r*s + b - pad lies inside the row: [r0, r1)
+      const int64_t r0 = std::min<int64_t>(wq, std::max<int64_t>(0, (pad - b + s - 1) / s));
+      const int64_t last = wd - 1 + pad - b;   // r1 = floor(last / s) + 1, none when last < 0
+      const int64_t r1 = std::max<int64_t>(r0, std::min<int64_t>(wq, last < 0 ? 0 : last / s + 1));
       for (int64_t q = 0; q < hq; ++q) {
         const int64_t y = q * s + a - pad;
         float* row = plane + q * wq;
@@ -217,11 +224,14 @@ void build_phases(const float* in, int64_t h, int64_t wd, int64_t pad, int64_t s
           std::fill(row, row + wq, 0.f);
           continue;
         }
-        const float* src = in + y * wd;
-        for (int64_t r = 0; r < wq; ++r) {
-          const int64_t x = r * s + b - pad;
-          row[r] = (x < 0 || x >= wd) ? 0.f : act_apply(src[x], in_act);
+        const float* src = in + y * wd + b - pad;
+        std::fill(row, row + r0, 0.f);
+        if (in_act == ACT_NONE) {
+          for (int64_t r = r0; r < r1; ++r) row[r] = src[r * s];
+        } else {
+          for (int64_t r = r0; r < r1; ++r) row[r] = act_apply(src[r * s], in_act);
         }
+        std::fill(row + r1, row + wq, 0.f);
       }
     }
 }
@@ -281,7 +291,7 @@ void run_conv(const int64_t* f, const Ctx& c) {
     for (int64_t i = 0; i < n; ++i)
       for (int64_t k = 0; k < nused; ++k) {
         const int64_t ch = used[k];
-        build_phases(x + i * x_img + ch * h * wd, h, wd, f[F_PAD], s, hq, wq, f[F_IN_ACT],
+        build_phases(x + i * x_img + ch * h * wd, h, wd, f[F_PAD], s, hq, wq, f[F_IN_ACT], f[F_PHASES],
                      c.scratch + i * cin * plane + ch * plane);
       }
     c.barrier->wait();
@@ -315,6 +325,47 @@ void run_conv(const int64_t* f, const Ctx& c) {
     }
 }
 
+// Stride-1 pooling, separable: a horizontal pass into `tmp` then a vertical one, both branch-free in the
+// interior so that they vectorize (a 3x3 window per pixel with bounds checks cost more than the convs).
+void pool_stride1(const float* in, float* dst, float* tmp, int64_t h, int64_t wd, int64_t ho, int64_t wo, int64_t k,
+                  int64_t p, int64_t kind, int64_t act) {
+  const bool is_max = kind == 0;
+  for (int64_t y = 0; y < h; ++y) {
+    const float* row = in + y * wd;
+    float* t = tmp + y * wo;
+    for (int64_t x = 0; x < wo; ++x) {
+      const int64_t xa = std::max<int64_t>(x - p, 0), xb = std::min<int64_t>(x - p + k, wd);
+      float v = row[xa];
+      if (is_max) {
+        for (int64_t xx = xa + 1; xx < xb; ++xx) v = row[xx] > v ? row[xx] : v;
+      } else {
+        for (int64_t xx = xa + 1; xx < xb; ++xx) v += row[xx];
+      }
+      t[x] = v;
+    }
+  }
+  for (int64_t y = 0; y < ho; ++y) {
+    const int64_t ya = std::max<int64_t>(y - p, 0), yb = std::min<int64_t>(y - p + k, h);
+    float* d = dst + y * wo;
+    std::memcpy(d, tmp + ya * wo, sizeof(float) * wo);
+    for (int64_t yy = ya + 1; yy < yb; ++yy) {
+      const float* t = tmp + yy * wo;
+      if (is_max) {
+        for (int64_t x = 0; x < wo; ++x) d[x] = t[x] > d[x] ? t[x] : d[x];
+      } else {
+        for (int64_t x = 0; x < wo; ++x) d[x] += t[x];
+      }
+    }
+    if (!is_max) {
+      for (int64_t x = 0; x < wo; ++x) {
+        const int64_t cols = std::min<int64_t>(x - p + k, wd) - std::max<int64_t>(x - p, 0);
+        d[x] /= static_cast<float>(kind == 1 ? (yb - ya) * cols : k * k);
+      }
+    }
+    for (int64_t x = 0; x < wo; ++x) d[x] = act_apply(d[x], act);
+  }
+}
+
 void run_pool(const int64_t* f, const Ctx& c) {
   // F_AUX: 0 max, 1 average with count_include_pad=False, 2 average counting padding
   const int64_t n = c.batch, ch = f[F_C], h = f[F_H], wd = f[F_W], ho = f[F_HO], wo = f[F_WO];
@@ -326,6 +377,12 @@ void run_pool(const int64_t* f, const Ctx& c) {
     for (int64_t cc = 0; cc < ch; ++cc) {
       const float* in = x + i * f[F_X_IMG] + cc * h * wd;
       float* dst = out + i * f[F_OUT_IMG] + cc * ho * wo;
+      if (s == 1 && p < k) {
+        thread_local std::vector<float> tmp;
+        tmp.resize(static_cast<size_t>(h * wo));
+        pool_stride1(in, dst, tmp.data(), h, wd, ho, wo, k, p, kind, f[F_ACT]);
+        continue;
+      }
       for (int64_t y = 0; y < ho; ++y)
         for (int64_t xo = 0; xo < wo; ++xo) {
           const int64_t y0 = y * s - p, x0 = xo * s - p;
