@@ -88,6 +88,16 @@ def test_convolutions(name, sparsity, images):
     assert _check(_prune(model, sparsity), images[:3]) < TOL
 
 
+@pytest.mark.parametrize("name", sorted(CONVS))
+def test_convolutions_on_small_planes(name, images):
+    """Output planes of 16 pixels or fewer take the unfolded-input path."""
+    model = Single(*CONVS[name], act="relu" if "s2" in name else "pre")
+    size = 8 if "7x7" in name else 4   # a 7x7 kernel without padding needs more than 4 pixels
+    small = images[:, :, :size, :size].contiguous()
+    calibrate_batchnorm(model, small)
+    assert _check(_prune(model, 0.8), small[:3]) < TOL
+
+
 @pytest.mark.parametrize("act", ["none", "relu", "relu6", "pre"])
 def test_activations(act, images):
     model = _prune(Single(3, 8, 3, 1, 1, 1, 1, act), 0.5)

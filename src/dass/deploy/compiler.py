@@ -25,7 +25,8 @@ from ..errors import DassError
 from .fold import fold_batchnorm
 from .program import ACTS, FIELDS, N_FIELDS, OPS, Program
 
-DENSE_THRESHOLD = 0.5  # layers at or above this density use the dense weight layout
+DENSE_THRESHOLD = 0.5
+IM2COL_MAX_PIXELS = 16  # convs with at most this many output pixels unfold their input (measured: no gain at 8x8)  # layers at or above this density use the dense weight layout
 
 
 def _shape(node: torch.fx.Node) -> tuple[int, ...]:
@@ -434,24 +435,34 @@ def _conv_fields(op: IROp, x: Value, out: Value, pools: _Pools, dense_threshold:
     cin, h, wd = x.shape
     _, ho, wo = out.shape
     copy = s > 1 or pad > 0 or p.get("in_act") is not None
-    if copy:
-        reach = ((k - 1) * d) // s
-        hq = max(-(-(h + 2 * pad) // s), ho + reach)
-        wq = max(-(-(wd + 2 * pad) // s), wo + reach)
-        if s == 1:
-            hq, wq = h + 2 * pad, wd + 2 * pad
+    # small output planes: unfold the input (one contiguous row per tap) instead of padded 2-D tiles
+    im2col = (k > 1 or s > 1) and ho * wo <= IM2COL_MAX_PIXELS
+    if im2col:
+        copy = True
+        hq, wq = ho, wo
+        plane = k * k * ho * wo
+        ky, kx = np.meshgrid(np.arange(k), np.arange(k), indexing="ij")
+        tap_yx = (ky * k + kx) * ho * wo
     else:
-        hq, wq = h, wd
-    plane = s * s * hq * wq if copy else h * wd
-    ky, kx = np.meshgrid(np.arange(k), np.arange(k), indexing="ij")
-    tap_yx = (((ky * d) % s) * s + (kx * d) % s) * hq * wq + ((ky * d) // s) * wq + (kx * d) // s if copy \
-        else ky * d * wd + kx * d
+        if copy:
+            reach = ((k - 1) * d) // s
+            hq = max(-(-(h + 2 * pad) // s), ho + reach)
+            wq = max(-(-(wd + 2 * pad) // s), wo + reach)
+            if s == 1:
+                hq, wq = h + 2 * pad, wd + 2 * pad
+        else:
+            hq, wq = h, wd
+        plane = s * s * hq * wq if copy else h * wd
+        ky, kx = np.meshgrid(np.arange(k), np.arange(k), indexing="ij")
+        tap_yx = (((ky * d) % s) * s + (kx * d) % s) * hq * wq + ((ky * d) // s) * wq + (kx * d) // s if copy \
+            else ky * d * wd + kx * d
     table = (np.arange(cin_g)[:, None] * plane + tap_yx.ravel()[None, :]).ravel()  # relative to the group's channel 0
     flat = w.reshape(co, -1)
     nnz = int(np.count_nonzero(flat))
     density = nnz / max(1, flat.size)
     fields = dict(C=cin, H=h, W=wd, CO=co, HO=ho, WO=wo, K=k, STRIDE=s, PAD=pad, DIL=d, GROUPS=groups,
                   ACT=ACTS[p.get("act")], IN_ACT=ACTS[p.get("in_act")], HQ=hq, WQ=wq, SCRATCH=int(copy),
+                  IM2COL=int(im2col),
                   BIAS=pools.f(p["bias"]) if p["bias"] is not None else -1)
     if density >= dense_threshold:
         fields.update(DENSE=1, KTAPS=table.size, WEIGHT=pools.f(flat), TAPS=pools.i(table), ROWPTR=0)

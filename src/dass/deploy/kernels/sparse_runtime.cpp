@@ -62,6 +62,7 @@ enum Field {
   F_X_AT = 32, F_Y_AT = 33, F_OUT_AT = 34,         // offsets inside an image (a channel slice of a bigger buffer)
   F_CHANNELS = 35, F_NCHANNELS = 36,               // input channels some tap reads (int pool); only those are copied
   F_PHASES = 37,                                   // bit (a*s + b): some tap reads phase plane (a, b)
+  F_IM2COL = 38,                                   // small planes: one contiguous row of output pixels per tap
   N_FIELDS = 40
 };
 
@@ -263,6 +264,24 @@ struct Barrier {
   }
 };
 
+// For tiny output planes (4x4 and below) tiles of a padded plane are only 1-4 pixels wide. There the input
+// is unfolded instead: row (ci, ky, kx) holds the input pixels that tap reads for every output pixel, so each
+// tap is one multiply-add over the whole plane, 16-64 contiguous floats. The unfold is cheap at this size.
+void build_im2col(const float* in, int64_t h, int64_t wd, int64_t k, int64_t s, int64_t pad, int64_t dil,
+                  int64_t ho, int64_t wo, int64_t in_act, float* out) {
+  for (int64_t ky = 0; ky < k; ++ky)
+    for (int64_t kx = 0; kx < k; ++kx) {
+      float* row = out + (ky * k + kx) * ho * wo;
+      for (int64_t oy = 0; oy < ho; ++oy) {
+        const int64_t iy = oy * s + ky * dil - pad;
+        for (int64_t ox = 0; ox < wo; ++ox) {
+          const int64_t ix = ox * s + kx * dil - pad;
+          row[oy * wo + ox] = (iy < 0 || iy >= h || ix < 0 || ix >= wd) ? 0.f : act_apply(in[iy * wd + ix], in_act);
+        }
+      }
+    }
+}
+
 struct Ctx {
   Barrier* barrier;
   float* arena;
@@ -283,16 +302,21 @@ void run_conv(const int64_t* f, const Ctx& c) {
   const int64_t x_img = f[F_X_IMG], out_img = f[F_OUT_IMG];
   const float* src = x;
   int64_t src_img = x_img;
+  const bool im2col = f[F_IM2COL] != 0;
+  const int64_t plane = im2col ? f[F_K] * f[F_K] * ho * wo : (f[F_SCRATCH] ? s * s * hq * wq : h * wd);
   if (f[F_SCRATCH]) {
-    const int64_t plane = s * s * hq * wq;
     const int32_t* used = c.ipool + f[F_CHANNELS];
     const int64_t nused = f[F_NCHANNELS];
 #pragma omp for schedule(static) collapse(2) nowait
     for (int64_t i = 0; i < n; ++i)
       for (int64_t k = 0; k < nused; ++k) {
         const int64_t ch = used[k];
-        build_phases(x + i * x_img + ch * h * wd, h, wd, f[F_PAD], s, hq, wq, f[F_IN_ACT], f[F_PHASES],
-                     c.scratch + i * cin * plane + ch * plane);
+        float* dst = c.scratch + i * cin * plane + ch * plane;
+        if (im2col) {
+          build_im2col(x + i * x_img + ch * h * wd, h, wd, f[F_K], s, f[F_PAD], f[F_DIL], ho, wo, f[F_IN_ACT], dst);
+        } else {
+          build_phases(x + i * x_img + ch * h * wd, h, wd, f[F_PAD], s, hq, wq, f[F_IN_ACT], f[F_PHASES], dst);
+        }
       }
     c.barrier->wait();
     src = c.scratch;
@@ -304,7 +328,9 @@ void run_conv(const int64_t* f, const Ctx& c) {
   const int32_t* taps = c.ipool + f[F_TAPS];
   const bool dense = f[F_DENSE] != 0;
   const int64_t ktaps = f[F_KTAPS], groups = f[F_GROUPS], cout_g = co / groups;
-  const int64_t cin_plane = f[F_SCRATCH] ? s * s * hq * wq : h * wd;
+  const int64_t cin_plane = plane;
+  // an unfolded input is one row of ho*wo pixels per tap; a padded plane is read in 2-D tiles
+  const int64_t row = im2col ? ho * wo : wq, tile_w = im2col ? ho * wo : wo, tile_h = im2col ? 1 : ho;
   const float* res = f[F_Y] >= 0 ? c.at(f, F_Y, F_Y_AT) : nullptr;   // a fused residual addition
   const int64_t res_img = f[F_Y_IMG];
 #pragma omp for schedule(dynamic, 1) collapse(2) nowait
@@ -316,11 +342,11 @@ void run_conv(const int64_t* f, const Ctx& c) {
       const float* r = res ? res + i * res_img + o * ho * wo : nullptr;
       if (dense) {
         const int64_t g = o / cout_g;
-        conv_channel(base + g * (cin / groups) * cin_plane, wq, taps, weight + o * ktaps, ktaps, b, dst, wo, ho,
-                     f[F_ACT], r);
+        conv_channel(base + g * (cin / groups) * cin_plane, row, taps, weight + o * ktaps, ktaps, b, dst, tile_w,
+                     tile_h, f[F_ACT], r);
       } else {
         const int64_t lo = rowptr[o], hi = rowptr[o + 1];
-        conv_channel(base, wq, taps + lo, weight + lo, hi - lo, b, dst, wo, ho, f[F_ACT], r);
+        conv_channel(base, row, taps + lo, weight + lo, hi - lo, b, dst, tile_w, tile_h, f[F_ACT], r);
       }
     }
 }
