@@ -44,7 +44,7 @@ def batches(batch: int, steps: int):
     g = torch.Generator().manual_seed(0)
     for _ in range(steps + 1):
         i, j = torch.randint(0, len(x), (batch,), generator=g), torch.randint(0, len(x), (batch,), generator=g)
-        yield (x[i], y[i]), (x[j], y[j])
+        yield (x[i].contiguous(), y[i]), (x[j].contiguous(), y[j])   # as the training loader gives them
 
 
 def child(mode: str, channels: int, layers: int, batch: int, steps: int) -> dict:
