@@ -52,7 +52,8 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, onnx: bool = 
 
         onnx_path = export_onnx(model, shape, path.with_name("model.onnx"))
         result.update(onnx=str(onnx_path), onnx_max_abs_diff=check_onnx(model, onnx_path, shape, batch=8))
-    atomic_write_text(run_dir / "export.json", json.dumps(result, indent=2) + "\n") if out is None else None
+    if out is None:
+        atomic_write_text(run_dir / "export.json", json.dumps(result, indent=2) + "\n")
     return result
 
 

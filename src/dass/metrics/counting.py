@@ -58,7 +58,14 @@ def count(model: nn.Module, input_shape: tuple[int, ...]) -> Counts:
         macs += positions * (per_position * out_channels if isinstance(module, nn.Conv2d) else module.weight.numel())
         sparse += positions * _kept(module)
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    forward_with_hooks(model, input_shape, {m: hook for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))})
+    return Counts(total, nonzero, macs, sparse)
+
+
+@torch.no_grad()
+def forward_with_hooks(model: nn.Module, input_shape: tuple[int, ...], hooks: dict) -> None:
+    """One eval-mode forward pass of a zero sample with ``{module: forward hook}`` attached, then restored."""
+    handles = [m.register_forward_hook(h) for m, h in hooks.items()]
     was_training = model.training
     model.eval()
     try:
@@ -67,4 +74,3 @@ def count(model: nn.Module, input_shape: tuple[int, ...]) -> Counts:
         model.train(was_training)
         for h in handles:
             h.remove()
-    return Counts(total, nonzero, macs, sparse)

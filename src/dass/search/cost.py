@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..metrics.counting import forward_with_hooks
 from ..space import Genotype
 from ..space.supernet import Supernet
 from ..sparse.layers import SPARSE_TYPES, kept_count
@@ -31,7 +32,7 @@ def edge_op_costs(model: Supernet, input_shape: tuple[int, int, int], sparsity: 
     k, n = model.alphas_normal.shape
     costs = {"normal": torch.zeros(k, n, dtype=torch.float64), "reduce": torch.zeros(k, n, dtype=torch.float64)}
     kinds = {i: "reduce" if cell.reduction else "normal" for i, cell in enumerate(model.cells)}
-    handles = []
+    hooks = {}
     for name, module in model.named_modules():
         match = _EDGE_OP.match(name + ".")
         if not match or not isinstance(module, SPARSE_TYPES):
@@ -43,15 +44,8 @@ def edge_op_costs(model: Supernet, input_shape: tuple[int, int, int], sparsity: 
             nonzero = kept_count(mod.weight.numel(), 1.0 - sparsity) if scope == "layer" else mod.nonzero_count()
             costs[key[0]][key[1], key[2]] += positions * nonzero   # each kept weight: one MAC per position
 
-        handles.append(module.register_forward_hook(hook))
-    was_training = model.training
-    model.eval()
-    try:
-        model(torch.zeros(1, *input_shape))
-    finally:
-        model.train(was_training)
-        for h in handles:
-            h.remove()
+        hooks[module] = hook
+    forward_with_hooks(model, input_shape, hooks)
     return costs
 
 
