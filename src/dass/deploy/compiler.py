@@ -25,8 +25,10 @@ from ..errors import DassError
 from .fold import fold_batchnorm
 from .program import ACTS, FIELDS, N_FIELDS, OPS, Program
 
-DENSE_THRESHOLD = 0.5
-IM2COL_MAX_PIXELS = 16  # convs with at most this many output pixels unfold their input (measured: no gain at 8x8)  # layers at or above this density use the dense weight layout
+DENSE_THRESHOLD = 0.5  # layers at or above this density use the dense weight layout
+IM2COL_MAX_PIXELS = 16  # convs with at most this many output pixels unfold their input (measured: no gain at 8x8)
+IM2COL_MAX_PADDED = 1024  # floats: the runtime unfolds through a padded copy of this size on the stack
+ALIGN = 16              # floats: arena buffers start on cache lines
 
 
 def _shape(node: torch.fx.Node) -> tuple[int, ...]:
@@ -383,8 +385,8 @@ def _place_concats(low: _Lowering) -> None:
 def _plan_arena(low: _Lowering, keep: set[int]) -> tuple[dict[int, int], int]:
     """Per-image arena offsets of the buffers: a buffer's memory is reused once its last reader has run."""
     size: dict[int, int] = {}
-    for v in low.values:
-        size[v.buffer] = max(size.get(v.buffer, 0), v.image_stride)
+    for v in low.values:   # whole cache lines: buffers start 64-byte aligned (with an aligned arena)
+        size[v.buffer] = max(size.get(v.buffer, 0), -(-v.image_stride // ALIGN) * ALIGN)
     first: dict[int, int] = {low.values[low.input_id].buffer: -1}
     last: dict[int, int] = {}
     for k, op in enumerate(low.ops):
@@ -436,7 +438,7 @@ def _conv_fields(op: IROp, x: Value, out: Value, pools: _Pools, dense_threshold:
     _, ho, wo = out.shape
     copy = s > 1 or pad > 0 or p.get("in_act") is not None
     # small output planes: unfold the input (one contiguous row per tap) instead of padded 2-D tiles
-    im2col = (k > 1 or s > 1) and ho * wo <= IM2COL_MAX_PIXELS
+    im2col = (k > 1 or s > 1) and ho * wo <= IM2COL_MAX_PIXELS and (h + 2 * pad) * (wd + 2 * pad) <= IM2COL_MAX_PADDED
     if im2col:
         copy = True
         hq, wq = ho, wo

@@ -27,6 +27,14 @@ def _ptr(a: np.ndarray) -> ctypes.c_void_p:
     return ctypes.c_void_p(a.ctypes.data)
 
 
+def _aligned_zeros(count: int) -> np.ndarray:
+    """float32 zeros starting on a 64-byte cache line (NumPy guarantees 16): an unfolded input row of 16
+    floats is then one cache line instead of two."""
+    raw = np.zeros(max(1, count) + 16, np.float32)
+    skip = (-raw.ctypes.data % 64) // 4
+    return raw[skip: skip + max(1, count)]
+
+
 class PackedModel:
     """Runs a :class:`Program` on NumPy batches with the compiled kernels."""
 
@@ -51,8 +59,8 @@ class PackedModel:
 
     def _buffers(self, batch: int) -> None:
         if batch != self._batch:
-            self._arena = np.zeros(max(1, self.program.arena_size * batch), np.float32)
-            self._scratch = np.zeros(max(1, self.program.scratch_size * batch), np.float32)
+            self._arena = _aligned_zeros(self.program.arena_size * batch)
+            self._scratch = _aligned_zeros(self.program.scratch_size * batch)
             self._batch = batch
 
     def _run(self, x: np.ndarray, times: np.ndarray | None) -> np.ndarray:
