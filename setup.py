@@ -1,4 +1,4 @@
-"""Builds the packed runtime's C++ kernels at install time (see dass.deploy.native for the fallback)."""
+"""Builds dass's C++ kernels at install time (see dass.native for the compile-on-first-use fallback)."""
 
 import sys
 
@@ -27,12 +27,14 @@ class OptionalBuildExt(build_ext):
 setup(
     ext_modules=[
         Extension(
-            "dass.deploy._sparse_runtime",
-            ["src/dass/deploy/kernels/sparse_runtime.cpp"],
+            module,
+            [source],
             extra_compile_args=["-O3", "-march=native", "-fopenmp", "-std=c++17"],
             extra_link_args=["-fopenmp"],
             language="c++",
         )
+        for module, source in (("dass.deploy._sparse_runtime", "src/dass/deploy/kernels/sparse_runtime.cpp"),
+                               ("dass.kernels._cpu_ops", "src/dass/kernels/cpu_ops.cpp"))
     ],
     cmdclass={"build_ext": OptionalBuildExt},
 )

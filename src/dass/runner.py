@@ -21,6 +21,7 @@ from tqdm import tqdm
 from .errors import DassError
 from .runtime import RunDir, load_checkpoint, new_run_dir, save_checkpoint
 from .runtime.config import build, load_yaml, to_dict
+from .runtime.memory import keep_freed_memory
 from .sparse import Phase
 
 KILL_ENV = "_DASS_TEST_KILL_AFTER_STEPS"  # test hook: SIGKILL this process after N steps
@@ -52,6 +53,7 @@ class PhasedRun:
         self.progress = progress
         if config.threads:
             torch.set_num_threads(config.threads)
+        keep_freed_memory()   # steps reuse the same big activations: no page faults for them every step
         self.position = {"phase": 0, "epoch": 0, "step": 0}
         self.sums: dict[str, float] = {}
         self.history: list[dict] = []

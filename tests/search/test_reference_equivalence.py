@@ -3,7 +3,8 @@
 The reference is bench/reference_supernet.py: written from scratch, plain nn.Conv2d layers, every op on
 every edge, full backward passes. With the same initial parameters and batches, a few first-order search
 steps (architecture step, then weight step) of dass's supernet in its dense phase leave the same alphas and
-weights. Any faster implementation of the search must keep this test passing.
+weights. Any faster implementation of the search must keep this test passing; dass's compiled CPU kernels
+(depthwise / pointwise convolution, pooling, batch norm, fused ReLUs) run inside it.
 """
 
 import sys
@@ -17,6 +18,17 @@ from dass.space import Supernet, SupernetConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 from reference_supernet import PRIMITIVES, ReferenceSearch, ReferenceSupernet  # noqa: E402
+
+
+def _grad_fn_names(out: torch.Tensor) -> set[str]:
+    names, todo, seen = set(), [out.grad_fn], set()
+    while todo:
+        fn = todo.pop()
+        if fn is not None and fn not in seen:
+            seen.add(fn)
+            names.add(type(fn).__name__)
+            todo.extend(f for f, _ in fn.next_functions)
+    return names
 
 
 def test_dass_steps_equal_the_reference_implementation():
@@ -35,6 +47,10 @@ def test_dass_steps_equal_the_reference_implementation():
             ref.alphas_normal.copy_(ours.alphas_normal)
             ref.alphas_reduce.copy_(ours.alphas_reduce)
         start = ours.alphas_normal.detach().clone(), [p.detach().clone() for p in ours_weights]
+        # dass runs its compiled CPU kernels here: this test checks them inside the whole search step
+        used = _grad_fn_names(ours(torch.randn(2, 3, 8, 8)).sum())
+        assert {"_DepthwiseBackward", "_PointwiseBackward", "_MaxPoolBackward", "_AvgPoolBackward",
+                "_BatchNormBackward"} <= used
         reference = ReferenceSearch(ref, lr=0.025)
         arch_opt = torch.optim.Adam(ours.arch_parameters(), lr=3e-4, betas=(0.5, 0.999), weight_decay=1e-3)
         architect = Architect(ours, ours.arch_parameters(), arch_opt, order=1)

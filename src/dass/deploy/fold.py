@@ -15,6 +15,7 @@ import torch.fx
 from torch import nn
 from torch.fx.experimental.optimization import fuse
 
+from ..kernels import AvgPool2d, BatchNorm2d, MaxPool2d
 from ..sparse.layers import SparseConv2d, SparseLinear
 
 
@@ -34,12 +35,15 @@ def _plain(module: nn.Module) -> nn.Module:
 
 @torch.no_grad()
 def materialize(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` in eval mode with every sparse layer replaced by its masked dense equivalent."""
+    """A copy of ``model`` in eval mode in plain ``torch.nn`` layers: every sparse layer replaced by its masked
+    dense equivalent, dass's kernel-backed pooling and batch norm by ``torch.nn``'s."""
     out = copy.deepcopy(model).eval()
     for name, module in list(out.named_modules()):
         for child_name, child in list(module.named_children()):
             if isinstance(child, (SparseConv2d, SparseLinear)):
                 setattr(module, child_name, _plain(child))
+            elif isinstance(child, (MaxPool2d, AvgPool2d, BatchNorm2d)):
+                setattr(module, child_name, child.plain())
     for p in out.parameters():
         p.requires_grad_(False)
     return out.eval()

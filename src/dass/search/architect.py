@@ -22,6 +22,8 @@ from typing import Callable, Iterator, Sequence
 import torch
 from torch import nn
 
+from ..kernels import input_gradients_only
+
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -105,7 +107,8 @@ class Architect:
     def first_order_grads(self, x_val: torch.Tensor, y_val: torch.Tensor) -> tuple[float, list[torch.Tensor]]:
         loss = self.loss_fn(self.model, x_val, y_val)
         # Only the alpha gradients: weight gradients are never computed for this backward pass.
-        grads = torch.autograd.grad(loss, self.arch_params, allow_unused=True)
+        with input_gradients_only():
+            grads = torch.autograd.grad(loss, self.arch_params, allow_unused=True)
         return float(loss.detach()), self._dense(grads, self.arch_params)
 
     def second_order_grads(self, x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.Tensor,
@@ -149,6 +152,7 @@ class Architect:
                 for p, w, vi in zip(params, saved, v):
                     p.copy_(w).add_(vi, alpha=sign * r)
             loss = self.loss_fn(self.model, x, y)
-            grads_at.append(self._dense(torch.autograd.grad(loss, self.arch_params, allow_unused=True),
-                                        self.arch_params))
+            with input_gradients_only():
+                grads = torch.autograd.grad(loss, self.arch_params, allow_unused=True)
+            grads_at.append(self._dense(grads, self.arch_params))
         return [(gp - gm) / (2 * r) for gp, gm in zip(*grads_at)]

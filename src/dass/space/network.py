@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..kernels import BatchNorm2d
 from ..sparse import SparseConv2d, SparseLinear
 from .genotype import Genotype
 from .ops import FactorizedReduce, ReLUConvBN, build_op
@@ -96,7 +97,7 @@ class Network(nn.Module):
         c = config.init_channels
         c_curr = config.stem_multiplier * c
         self.stem = nn.Sequential(SparseConv2d(config.in_channels, c_curr, 3, padding=1, bias=False),
-                                  nn.BatchNorm2d(c_curr))
+                                  BatchNorm2d(c_curr))
         c_prev_prev, c_prev, c_curr = c_curr, c_curr, c
         self.cells = nn.ModuleList()
         reductions = reduction_layers(config.layers)

@@ -14,6 +14,7 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
+from ..kernels import AvgPool2d, BatchNorm2d, MaxPool2d
 from ..sparse import SparseConv2d
 
 PRIMITIVES: tuple[str, ...] = (
@@ -28,13 +29,23 @@ PRIMITIVES: tuple[str, ...] = (
 )
 
 
+def _relu_conv(relu: nn.Module, conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """conv(relu(x)); a sparse conv takes the ReLU fused into its kernel (exported plain convs do not)."""
+    if isinstance(conv, SparseConv2d):
+        return conv(x, relu_input=True)
+    return conv(relu(x))
+
+
 class ReLUConvBN(nn.Sequential):
     def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, padding: int, affine: bool = True):
         super().__init__(
             nn.ReLU(inplace=False),
             SparseConv2d(c_in, c_out, kernel, stride=stride, padding=padding, bias=False),
-            nn.BatchNorm2d(c_out, affine=affine),
+            BatchNorm2d(c_out, affine=affine),
         )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self[2](_relu_conv(self[0], self[1], x))
 
 
 class DilConv(nn.Sequential):
@@ -47,8 +58,11 @@ class DilConv(nn.Sequential):
             SparseConv2d(c_in, c_in, kernel, stride=stride, padding=padding, dilation=dilation,
                          groups=c_in, bias=False),
             SparseConv2d(c_in, c_out, 1, bias=False),
-            nn.BatchNorm2d(c_out, affine=affine),
+            BatchNorm2d(c_out, affine=affine),
         )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self[3](self[2](_relu_conv(self[0], self[1], x)))
 
 
 class SepConv(nn.Sequential):
@@ -92,9 +106,13 @@ class FactorizedReduce(nn.Module):
         self.relu = nn.ReLU(inplace=False)
         self.conv_1 = SparseConv2d(c_in, c_out // 2, 1, stride=2, bias=False)
         self.conv_2 = SparseConv2d(c_in, c_out // 2, 1, stride=2, bias=False)
-        self.bn = nn.BatchNorm2d(c_out, affine=affine)
+        self.bn = BatchNorm2d(c_out, affine=affine)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.conv_1, SparseConv2d):   # the ReLU fused into the convs (zero padding commutes with it)
+            x = pad_to_even(x)
+            return self.bn(torch.cat([self.conv_1(x, relu_input=True), self.conv_2(x[:, :, 1:, 1:], relu_input=True)],
+                                     dim=1))
         x = pad_to_even(self.relu(x))
         return self.bn(torch.cat([self.conv_1(x), self.conv_2(x[:, :, 1:, 1:])], dim=1))
 
@@ -103,8 +121,8 @@ OpFactory = Callable[[int, int, bool], nn.Module]
 
 OPS: dict[str, OpFactory] = {
     "none": lambda c, stride, affine: Zero(stride),
-    "avg_pool_3x3": lambda c, stride, affine: nn.AvgPool2d(3, stride=stride, padding=1, count_include_pad=False),
-    "max_pool_3x3": lambda c, stride, affine: nn.MaxPool2d(3, stride=stride, padding=1),
+    "avg_pool_3x3": lambda c, stride, affine: AvgPool2d(3, stride=stride, padding=1, count_include_pad=False),
+    "max_pool_3x3": lambda c, stride, affine: MaxPool2d(3, stride=stride, padding=1),
     "skip_connect": lambda c, stride, affine: nn.Identity() if stride == 1 else FactorizedReduce(c, c, affine),
     "sep_conv_3x3": lambda c, stride, affine: SepConv(c, c, 3, stride, 1, affine),
     "sep_conv_5x5": lambda c, stride, affine: SepConv(c, c, 5, stride, 2, affine),

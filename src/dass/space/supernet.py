@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..kernels import BatchNorm2d
 from ..sparse import SparseConv2d, SparseLinear
 from .genotype import Genotype, derive_genotype
 from .ops import PRIMITIVES, FactorizedReduce, ReLUConvBN, build_op, is_pooling
@@ -91,7 +92,7 @@ class MixedOp(nn.Module):
         for k, name in enumerate(ops):
             op = build_op(name, channels // partial, stride, affine=False)
             if is_pooling(name):
-                op = nn.Sequential(op, nn.BatchNorm2d(channels // partial, affine=False))
+                op = nn.Sequential(op, BatchNorm2d(channels // partial, affine=False))
             self.ops.append(op)
             if name != "none":
                 self.active.append(k)
@@ -183,7 +184,7 @@ class Supernet(nn.Module):
         c_curr = config.stem_multiplier * c
         self.stem = nn.Sequential(
             SparseConv2d(config.in_channels, c_curr, 3, padding=1, bias=False),
-            nn.BatchNorm2d(c_curr),
+            BatchNorm2d(c_curr),
         )
         c_prev_prev, c_prev, c_curr = c_curr, c_curr, c
         self.cells = nn.ModuleList()

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..kernels.ops import conv2d
+
 
 class _StraightThrough(torch.autograd.Function):
     """Returns a precomputed 0/1 mask; passes the incoming gradient to the magnitudes unchanged."""
@@ -120,8 +122,13 @@ class SparseConv2d(SparseMixin, nn.Conv2d):
         super().__init__(*args, **kwargs)
         self._init_sparse()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(x, self.effective_weight(), self.bias)
+    def forward(self, x: torch.Tensor, relu_input: bool = False) -> torch.Tensor:
+        """The convolution of ``x`` (of ``relu(x)`` with ``relu_input``: fused where the kernels allow)."""
+        if self.padding_mode != "zeros":
+            return self._conv_forward(F.relu(x) if relu_input else x, self.effective_weight(), self.bias)
+        # depthwise and 1x1 convolutions run on dass's CPU kernels where they apply (PyTorch's otherwise)
+        return conv2d(x, self.effective_weight(), self.bias, self.stride, self.padding, self.dilation, self.groups,
+                      relu_input)
 
 
 class SparseLinear(SparseMixin, nn.Linear):

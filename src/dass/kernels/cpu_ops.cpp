@@ -1,0 +1,679 @@
+// CPU training kernels for the ops that dominate a DARTS supernet step: depthwise and pointwise
+// convolution, and 3x3-style max and average pooling, forward and backward, float32 and float64.
+//
+// Why: PyTorch's CPU paths for these shapes (few channels, 8-32 px planes, batch 64) are far from the
+// hardware: a 5x5 dilated depthwise convolution took 23 ms forward+backward on 64x8x32x32 where the data
+// is 2 MB, max pooling 7.7 ms forward. Each kernel here works one (image, channel) plane at a time through a
+// padded copy that lives in L1, with the inner loops over contiguous output pixels so that they vectorize.
+//
+// Determinism: reductions over the batch (weight gradients) are written per image and summed in image order
+// afterwards, so results do not depend on the thread count. Threads come from the OpenMP runtime that
+// PyTorch has already loaded (same libgomp), so the two never compete for the cores.
+//
+// Layout: contiguous NCHW. Weights: depthwise (C, 1, k, k), pointwise (Co, Ci).
+
+#include <Python.h>
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+namespace {
+
+struct Geom {
+  int64_t h, w, k, s, p, d, ho, wo;
+  // the padded plane, split into s*s phase planes of hq x wq: phase (a, b) holds padded pixels
+  // (q*s + a, r*s + b), so that a strided window reads contiguous runs (for s = 1: the padded plane)
+  int64_t hq() const { return (h + 2 * p + s - 1) / s; }
+  int64_t wq() const { return (w + 2 * p + s - 1) / s; }
+  int64_t phase_size() const { return s * s * hq() * wq(); }
+};
+
+// 256-bit vectors of T through GCC's vector extension: float x 8 or double x 4.
+template <typename T> struct Vec;
+template <> struct Vec<float> { typedef float type __attribute__((vector_size(32))); static constexpr int L = 8; };
+template <> struct Vec<double> { typedef double type __attribute__((vector_size(32))); static constexpr int L = 4; };
+
+template <typename T>
+inline typename Vec<T>::type vload(const T* p) {
+  typename Vec<T>::type v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+template <typename T>
+inline void vstore(T* p, typename Vec<T>::type v) { std::memcpy(p, &v, sizeof(v)); }
+template <typename T>
+inline T hsum(typename Vec<T>::type v) {
+  T sum = 0;
+  for (int j = 0; j < Vec<T>::L; ++j) sum += v[j];
+  return sum;
+}
+
+// Phase-split, padded copy of one plane (fill: the padding value).
+template <typename T>
+void build_phases(const T* __restrict in, const Geom& g, T fill, T* __restrict out, bool relu = false) {
+  const int64_t hq = g.hq(), wq = g.wq(), s = g.s;
+  if (s == 1) {
+    std::fill(out, out + g.p * wq, fill);
+    for (int64_t y = 0; y < g.h; ++y) {
+      T* row = out + (y + g.p) * wq;
+      for (int64_t x = 0; x < g.p; ++x) row[x] = fill;
+      const T* src = in + y * g.w;
+      if (relu) {
+        for (int64_t x = 0; x < g.w; ++x) row[g.p + x] = src[x] > T(0) ? src[x] : T(0);
+      } else {
+        for (int64_t x = 0; x < g.w; ++x) row[g.p + x] = src[x];
+      }
+      for (int64_t x = g.p + g.w; x < wq; ++x) row[x] = fill;
+    }
+    std::fill(out + (g.h + g.p) * wq, out + hq * wq, fill);
+    return;
+  }
+  for (int64_t a = 0; a < s; ++a)
+    for (int64_t b = 0; b < s; ++b) {
+      T* plane = out + (a * s + b) * hq * wq;
+      for (int64_t q = 0; q < hq; ++q) {
+        const int64_t y = q * s + a - g.p;
+        T* row = plane + q * wq;
+        if (y < 0 || y >= g.h) {
+          std::fill(row, row + wq, fill);
+          continue;
+        }
+        for (int64_t r = 0; r < wq; ++r) {
+          const int64_t x = r * s + b - g.p;
+          const T v = (x < 0 || x >= g.w) ? fill : in[y * g.w + x];
+          row[r] = relu && v < T(0) ? T(0) : v;
+        }
+      }
+    }
+}
+
+// The inverse for gradients: out[y, x] = phases at padded pixel (y + p, x + p).
+template <typename T>
+void unphase(const T* __restrict phases, const Geom& g, T* __restrict out) {
+  const int64_t hq = g.hq(), wq = g.wq(), s = g.s;
+  for (int64_t y = 0; y < g.h; ++y) {
+    const int64_t py = y + g.p;
+    const T* rowbase = phases + ((py % s) * s) * hq * wq + (py / s) * wq;
+    T* dst = out + y * g.w;
+    if (s == 1) {
+      for (int64_t x = 0; x < g.w; ++x) dst[x] = rowbase[x + g.p];
+    } else {
+      for (int64_t x = 0; x < g.w; ++x) {
+        const int64_t px = x + g.p;
+        dst[x] = rowbase[(px % s) * hq * wq + px / s];
+      }
+    }
+  }
+}
+
+// Offset of window tap (ky, kx) in the phase planes, relative to output pixel (0, 0).
+inline void tap_offsets(const Geom& g, int64_t* off) {
+  const int64_t hq = g.hq(), wq = g.wq();
+  for (int64_t ky = 0; ky < g.k; ++ky)
+    for (int64_t kx = 0; kx < g.k; ++kx) {
+      const int64_t dy = ky * g.d, dx = kx * g.d;
+      off[ky * g.k + kx] = ((dy % g.s) * g.s + dx % g.s) * hq * wq + (dy / g.s) * wq + dx / g.s;
+    }
+}
+
+// out[x] = sum_t w[t] * src[off[t] + x] for x < n: the taps accumulate in registers, 4 vectors at a time.
+template <typename T>
+void correlate_row(const T* __restrict src, const int64_t* __restrict off, const T* __restrict w, int64_t taps,
+                   T* __restrict out, int64_t n) {
+  typedef typename Vec<T>::type V;
+  constexpr int L = Vec<T>::L;
+  int64_t x = 0;
+  for (; x + 4 * L <= n; x += 4 * L) {
+    V a0{}, a1{}, a2{}, a3{};
+    for (int64_t t = 0; t < taps; ++t) {
+      const V wv = V{} + w[t];
+      const T* p = src + off[t] + x;
+      a0 += wv * vload<T>(p);
+      a1 += wv * vload<T>(p + L);
+      a2 += wv * vload<T>(p + 2 * L);
+      a3 += wv * vload<T>(p + 3 * L);
+    }
+    vstore<T>(out + x, a0);
+    vstore<T>(out + x + L, a1);
+    vstore<T>(out + x + 2 * L, a2);
+    vstore<T>(out + x + 3 * L, a3);
+  }
+  for (; x + L <= n; x += L) {
+    V a{};
+    for (int64_t t = 0; t < taps; ++t) a += (V{} + w[t]) * vload<T>(src + off[t] + x);
+    vstore<T>(out + x, a);
+  }
+  for (; x < n; ++x) {
+    T a = 0;
+    for (int64_t t = 0; t < taps; ++t) a += w[t] * src[off[t] + x];
+    out[x] = a;
+  }
+}
+
+// Per tap t: sum over the output plane of gout * src[off[t] + ...] (the weight gradient of one plane).
+template <typename T>
+void tap_dots(const T* __restrict src, int64_t src_row, const int64_t* off, int64_t taps, const T* __restrict gout,
+              int64_t ho, int64_t wo, T* __restrict sums) {
+  typedef typename Vec<T>::type V;
+  constexpr int L = Vec<T>::L;
+  constexpr int64_t G = 8;   // taps per pass: their accumulators stay in registers
+  for (int64_t t0 = 0; t0 < taps; t0 += G) {
+    const int64_t nt = std::min(G, taps - t0);
+    V acc[G] = {};
+    T tail[G] = {};
+    for (int64_t oy = 0; oy < ho; ++oy) {
+      const T* gr = gout + oy * wo;
+      const T* row = src + oy * src_row;
+      int64_t x = 0;
+      for (; x + L <= wo; x += L) {
+        const V gv = vload<T>(gr + x);
+        for (int64_t t = 0; t < nt; ++t) acc[t] += gv * vload<T>(row + off[t0 + t] + x);
+      }
+      for (; x < wo; ++x)
+        for (int64_t t = 0; t < nt; ++t) tail[t] += gr[x] * row[off[t0 + t] + x];
+    }
+    for (int64_t t = 0; t < nt; ++t) sums[t0 + t] = hsum<T>(acc[t]) + tail[t];
+  }
+}
+
+// g[j] = 0 where the ReLU's input x[j] was not positive (the ReLU's backward)
+template <typename T>
+inline void relu_mask(T* __restrict g, const T* __restrict x, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) g[j] = x[j] > T(0) ? g[j] : T(0);
+}
+
+// ---- depthwise convolution ----------------------------------------------------------------------------
+
+// relu: the input passes a ReLU first (fused: the padded copy applies it)
+template <typename T>
+void dw_forward(const T* x, const T* w, T* out, int64_t n, int64_t c, Geom g, bool relu, int threads) {
+  const int64_t kk = g.k * g.k;
+  std::vector<int64_t> off(static_cast<size_t>(kk));
+  tap_offsets(g, off.data());
+#pragma omp parallel num_threads(threads)
+  {
+    std::vector<T> ph(static_cast<size_t>(g.phase_size()));
+#pragma omp for schedule(static)
+    for (int64_t nc = 0; nc < n * c; ++nc) {
+      build_phases(x + nc * g.h * g.w, g, T(0), ph.data(), relu);
+      const T* wc = w + (nc % c) * kk;
+      for (int64_t oy = 0; oy < g.ho; ++oy)
+        correlate_row(ph.data() + oy * g.wq(), off.data(), wc, kk, out + nc * g.ho * g.wo + oy * g.wo, g.wo);
+    }
+  }
+}
+
+// The input gradient of a window op with per-tap weights w (depthwise: the kernel; average pooling: ones)
+// for one plane. Stride 1: a correlation of the gradient, padded by (k-1)*d - p, with the flipped kernel
+// (accumulated in registers). Strided: each gradient row scattered into the phase planes, then unphased.
+template <typename T>
+void window_input_grad(const T* __restrict go, const T* w, const Geom& g, const int64_t* off, T* scratch,
+                       T* __restrict gx) {
+  const int64_t kk = g.k * g.k;
+  const int64_t q = (g.k - 1) * g.d - g.p;
+  if (g.s == 1 && q >= 0) {
+    // gout padded by q on every side: (ho + 2q) x (wo + 2q); gx[y, x] = sum_t wflip[t] * gpad[y + ky*d, x + kx*d]
+    Geom pg{g.ho, g.wo, g.k, 1, q, g.d, g.h, g.w};
+    build_phases(go, pg, T(0), scratch);
+    T wflip[64];
+    int64_t offp[64];
+    for (int64_t t = 0; t < kk; ++t) wflip[t] = w[kk - 1 - t];
+    tap_offsets(pg, offp);
+    for (int64_t y = 0; y < g.h; ++y) correlate_row(scratch + y * pg.wq(), offp, wflip, kk, gx + y * g.w, g.w);
+    return;
+  }
+  std::fill(scratch, scratch + g.phase_size(), T(0));
+  for (int64_t oy = 0; oy < g.ho; ++oy) {
+    const T* gr = go + oy * g.wo;
+    for (int64_t t = 0; t < kk; ++t) {
+      T* __restrict dst = scratch + off[t] + oy * g.wq();
+      const T wt = w[t];
+      for (int64_t x = 0; x < g.wo; ++x) dst[x] += wt * gr[x];
+    }
+  }
+  unphase(scratch, g, gx);
+}
+
+// Scratch floats per thread for window_input_grad.
+inline int64_t input_grad_scratch(const Geom& g) {
+  const int64_t q = std::max<int64_t>((g.k - 1) * g.d - g.p, 0);
+  return std::max(g.phase_size(), (g.ho + 2 * q) * (g.wo + 2 * q));
+}
+
+// grad_x (nullable) and per-image weight-gradient partials gw_part[(n*C + c) * k*k] (nullable).
+template <typename T>
+void dw_backward(const T* gout, const T* x, const T* w, T* gx, T* gw_part, int64_t n, int64_t c, Geom g, bool relu,
+                 int threads) {
+  const int64_t kk = g.k * g.k;
+  std::vector<int64_t> off(static_cast<size_t>(kk));
+  tap_offsets(g, off.data());
+#pragma omp parallel num_threads(threads)
+  {
+    std::vector<T> scratch(static_cast<size_t>(std::max(input_grad_scratch(g), g.phase_size())));
+#pragma omp for schedule(static)
+    for (int64_t nc = 0; nc < n * c; ++nc) {
+      const T* go = gout + nc * g.ho * g.wo;
+      if (gx) {
+        T* gi = gx + nc * g.h * g.w;
+        window_input_grad(go, w + (nc % c) * kk, g, off.data(), scratch.data(), gi);
+        if (relu) relu_mask(gi, x + nc * g.h * g.w, g.h * g.w);
+      }
+      if (gw_part) {
+        build_phases(x + nc * g.h * g.w, g, T(0), scratch.data(), relu);
+        tap_dots(scratch.data(), g.wq(), off.data(), kk, go, g.ho, g.wo, gw_part + nc * kk);
+      }
+    }
+  }
+}
+
+// out[j] = sum over images i of part[i * stride + j], in image order.
+template <typename T>
+void sum_images(const T* part, T* out, int64_t n, int64_t stride, int threads) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t j = 0; j < stride; ++j) {
+    T sum = 0;
+    for (int64_t i = 0; i < n; ++i) sum += part[i * stride + j];
+    out[j] = sum;
+  }
+}
+
+// ---- pointwise (1x1, stride 1) convolution ------------------------------------------------------------
+
+constexpr int64_t kPixelBlock = 64;
+
+// out[i, o, :] = sum_c w[o, c] * x[i, c, :]. With w transposed it is also the input gradient.
+// relu: x passes a ReLU first. mask (nullable): the output is zeroed where mask <= 0 (the input gradient of a
+// convolution whose input passed a ReLU: mask is that input).
+template <typename T>
+void pw_forward(const T* x, const T* w, T* out, int64_t n, int64_t ci, int64_t co, int64_t pixels, bool relu,
+                const T* mask, int threads) {
+  const int64_t blocks = (pixels + kPixelBlock - 1) / kPixelBlock;
+#pragma omp parallel for num_threads(threads) schedule(static) collapse(2)
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t b = 0; b < blocks; ++b) {
+      const int64_t p0 = b * kPixelBlock, len = std::min(kPixelBlock, pixels - p0);
+      const T* xb = x + i * ci * pixels + p0;
+      T* ob = out + i * co * pixels + p0;
+      T block[kPixelBlock * 64];   // the ReLU'd input block when ci <= 64
+      const bool stage = relu && ci <= 64;
+      if (stage) {
+        for (int64_t c = 0; c < ci; ++c)
+          for (int64_t j = 0; j < len; ++j) {
+            const T v = xb[c * pixels + j];
+            block[c * kPixelBlock + j] = v > T(0) ? v : T(0);
+          }
+      }
+      const T* src = stage ? block : xb;
+      const int64_t row = stage ? kPixelBlock : pixels;
+      for (int64_t o = 0; o < co; ++o) {
+        T acc[kPixelBlock] = {};
+        const T* wo = w + o * ci;
+        if (relu && !stage) {
+          for (int64_t c = 0; c < ci; ++c) {
+            const T v = wo[c];
+            const T* __restrict xr = xb + c * pixels;
+            for (int64_t j = 0; j < len; ++j) acc[j] += v * (xr[j] > T(0) ? xr[j] : T(0));
+          }
+        } else if (len == kPixelBlock) {
+          for (int64_t c = 0; c < ci; ++c) {
+            const T v = wo[c];
+            const T* __restrict xr = src + c * row;
+            for (int64_t j = 0; j < kPixelBlock; ++j) acc[j] += v * xr[j];
+          }
+        } else {
+          for (int64_t c = 0; c < ci; ++c) {
+            const T v = wo[c];
+            const T* __restrict xr = src + c * row;
+            for (int64_t j = 0; j < len; ++j) acc[j] += v * xr[j];
+          }
+        }
+        T* orow = ob + o * pixels;
+        if (mask) {
+          const T* mr = mask + (i * co + o) * pixels + p0;
+          for (int64_t j = 0; j < len; ++j) orow[j] = mr[j] > T(0) ? acc[j] : T(0);
+        } else {
+          for (int64_t j = 0; j < len; ++j) orow[j] = acc[j];
+        }
+      }
+    }
+}
+
+// part[i, o, c] = sum_p gout[i, o, p] * x[i, c, p]
+template <typename T>
+void pw_weight_grad(const T* gout, const T* x, T* part, int64_t n, int64_t ci, int64_t co, int64_t pixels, bool relu,
+                    int threads) {
+  typedef typename Vec<T>::type V;
+  constexpr int L = Vec<T>::L;
+  constexpr int64_t G = 4;   // input channels per pass, sharing each load of the gradient row
+#pragma omp parallel for num_threads(threads) schedule(static) collapse(2)
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t o = 0; o < co; ++o) {
+      const T* gr = gout + (i * co + o) * pixels;
+      for (int64_t c0 = 0; c0 < ci; c0 += G) {
+        const int64_t nc = std::min(G, ci - c0);
+        V acc[G] = {};
+        T tail[G] = {};
+        int64_t p = 0;
+        const V zero{};
+        for (; p + L <= pixels; p += L) {
+          const V gv = vload<T>(gr + p);
+          for (int64_t c = 0; c < nc; ++c) {
+            V xv = vload<T>(x + (i * ci + c0 + c) * pixels + p);
+            if (relu) xv = xv > zero ? xv : zero;
+            acc[c] += gv * xv;
+          }
+        }
+        for (; p < pixels; ++p)
+          for (int64_t c = 0; c < nc; ++c) {
+            const T xv = x[(i * ci + c0 + c) * pixels + p];
+            tail[c] += gr[p] * (relu && xv < T(0) ? T(0) : xv);
+          }
+        for (int64_t c = 0; c < nc; ++c) part[(i * co + o) * ci + c0 + c] = hsum<T>(acc[c]) + tail[c];
+      }
+    }
+}
+
+// ---- pooling --------------------------------------------------------------------------------------------
+
+// Max pooling with PyTorch's choice among equal values (the first in window order; NaN wins) and the
+// winner's index within the input plane for the backward pass.
+template <typename T>
+void max_pool_forward(const T* x, T* out, int32_t* idx, int64_t planes, Geom g, int threads) {
+  const T lowest = -std::numeric_limits<T>::infinity();
+#pragma omp parallel num_threads(threads)
+  {
+    std::vector<T> pad(static_cast<size_t>((g.h + 2 * g.p) * (g.w + 2 * g.p)));
+    const Geom pg{g.h, g.w, g.k, 1, g.p, g.d, g.ho, g.wo};   // unsplit padded plane
+    const int64_t wp = g.w + 2 * g.p;
+#pragma omp for schedule(static)
+    for (int64_t pl = 0; pl < planes; ++pl) {
+      build_phases(x + pl * g.h * g.w, pg, lowest, pad.data());
+      T* o = out + pl * g.ho * g.wo;
+      int32_t* id = idx + pl * g.ho * g.wo;
+      for (int64_t oy = 0; oy < g.ho; ++oy) {
+        T* __restrict m = o + oy * g.wo;
+        int32_t* __restrict at = id + oy * g.wo;
+        const int64_t y0 = std::max<int64_t>(oy * g.s - g.p, 0);
+        for (int64_t ox = 0; ox < g.wo; ++ox) {
+          m[ox] = lowest;
+          at[ox] = static_cast<int32_t>(y0 * g.w + std::max<int64_t>(ox * g.s - g.p, 0));
+        }
+        for (int64_t ky = 0; ky < g.k; ++ky) {
+          const int64_t iy = oy * g.s + ky * g.d - g.p;
+          if (iy < 0 || iy >= g.h) continue;   // padding rows never win
+          for (int64_t kx = 0; kx < g.k; ++kx) {
+            const T* __restrict src = pad.data() + (iy + g.p) * wp + kx * g.d;
+            const int64_t base = iy * g.w + kx * g.d - g.p;
+            for (int64_t ox = 0; ox < g.wo; ++ox) {
+              const T v = src[ox * g.s];
+              const bool take = v > m[ox] || v != v;
+              m[ox] = take ? v : m[ox];
+              at[ox] = take ? static_cast<int32_t>(base + ox * g.s) : at[ox];
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+template <typename T>
+void max_pool_backward(const T* gout, const int32_t* idx, T* gx, int64_t planes, int64_t in_plane,
+                       int64_t out_plane, int threads) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t pl = 0; pl < planes; ++pl) {
+    T* gi = gx + pl * in_plane;
+    std::fill(gi, gi + in_plane, T(0));
+    const T* go = gout + pl * out_plane;
+    const int32_t* id = idx + pl * out_plane;
+    for (int64_t j = 0; j < out_plane; ++j) gi[id[j]] += go[j];
+  }
+}
+
+// Divisor of each output pixel: the window's size counting padding, or only the pixels inside the plane.
+inline int64_t span(int64_t o, int64_t s, int64_t p, int64_t k, int64_t n) {
+  return std::min(o * s - p + k, n) - std::max(o * s - p, int64_t(0));
+}
+
+template <typename T>
+inline T divisor(const Geom& g, bool count_pad, int64_t oy, int64_t ox) {
+  return static_cast<T>(count_pad ? g.k * g.k : span(oy, g.s, g.p, g.k, g.h) * span(ox, g.s, g.p, g.k, g.w));
+}
+
+template <typename T>
+void avg_pool_forward(const T* x, T* out, int64_t planes, Geom g, bool count_pad, int threads) {
+  const int64_t kk = g.k * g.k;
+  std::vector<int64_t> off(static_cast<size_t>(kk));
+  std::vector<T> ones(static_cast<size_t>(kk), T(1));
+  tap_offsets(g, off.data());
+#pragma omp parallel num_threads(threads)
+  {
+    std::vector<T> ph(static_cast<size_t>(g.phase_size()));
+#pragma omp for schedule(static)
+    for (int64_t pl = 0; pl < planes; ++pl) {
+      build_phases(x + pl * g.h * g.w, g, T(0), ph.data());
+      for (int64_t oy = 0; oy < g.ho; ++oy) {
+        T* row = out + pl * g.ho * g.wo + oy * g.wo;
+        correlate_row(ph.data() + oy * g.wq(), off.data(), ones.data(), kk, row, g.wo);
+        for (int64_t ox = 0; ox < g.wo; ++ox) row[ox] /= divisor<T>(g, count_pad, oy, ox);
+      }
+    }
+  }
+}
+
+template <typename T>
+void avg_pool_backward(const T* gout, T* gx, int64_t planes, Geom g, bool count_pad, int threads) {
+  const int64_t kk = g.k * g.k;
+  std::vector<int64_t> off(static_cast<size_t>(kk));
+  std::vector<T> ones(static_cast<size_t>(kk), T(1));
+  tap_offsets(g, off.data());
+#pragma omp parallel num_threads(threads)
+  {
+    std::vector<T> share(static_cast<size_t>(g.ho * g.wo));
+    std::vector<T> scratch(static_cast<size_t>(input_grad_scratch(g)));
+#pragma omp for schedule(static)
+    for (int64_t pl = 0; pl < planes; ++pl) {
+      const T* go = gout + pl * g.ho * g.wo;
+      for (int64_t oy = 0; oy < g.ho; ++oy)
+        for (int64_t ox = 0; ox < g.wo; ++ox)
+          share[oy * g.wo + ox] = go[oy * g.wo + ox] / divisor<T>(g, count_pad, oy, ox);
+      window_input_grad(share.data(), ones.data(), g, off.data(), scratch.data(), gx + pl * g.h * g.w);
+    }
+  }
+}
+
+// ---- batch normalization (training mode: batch statistics) ------------------------------------------------
+
+// sum over images i and pixels of f(x[i, c, :]) for one channel, in lanes then in order (thread-count free)
+template <typename T, typename F>
+inline T channel_sum(const T* x, int64_t n, int64_t c, int64_t ch, int64_t hw, F f) {
+  typedef typename Vec<T>::type V;
+  constexpr int L = Vec<T>::L;
+  T total = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const T* row = x + (i * c + ch) * hw;
+    V acc{};
+    int64_t j = 0;
+    for (; j + L <= hw; j += L) acc += f(vload<T>(row + j), j);
+    T sum = hsum<T>(acc);
+    for (; j < hw; ++j) {
+      V one{};
+      one[0] = row[j];
+      sum += f(one, j)[0];
+    }
+    total += sum;
+  }
+  return total;
+}
+
+// y = (x - mean) * invstd * w + b per channel (w, b nullable); mean, invstd and the biased var come out
+template <typename T>
+void bn_forward(const T* x, const T* w, const T* b, T* y, T* mean, T* invstd, T* var, int64_t n, int64_t c,
+                int64_t hw, double eps, int threads) {
+  typedef typename Vec<T>::type V;
+  const T count = static_cast<T>(n * hw);
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t ch = 0; ch < c; ++ch) {
+    const T m = channel_sum(x, n, c, ch, hw, [](V v, int64_t) { return v; }) / count;
+    const T v = channel_sum(x, n, c, ch, hw, [m](V u, int64_t) { const V d = u - m; return d * d; }) / count;
+    const T is = T(1) / std::sqrt(v + static_cast<T>(eps));
+    mean[ch] = m;
+    invstd[ch] = is;
+    var[ch] = v;
+    const T scale = is * (w ? w[ch] : T(1)), shift = (b ? b[ch] : T(0)) - m * scale;
+    for (int64_t i = 0; i < n; ++i) {
+      const T* xr = x + (i * c + ch) * hw;
+      T* yr = y + (i * c + ch) * hw;
+      for (int64_t j = 0; j < hw; ++j) yr[j] = xr[j] * scale + shift;
+    }
+  }
+}
+
+// gx = w * invstd * (g - mean(g) - xhat * mean(g * xhat)); gw = sum(g * xhat); gb = sum(g) (all nullable)
+template <typename T>
+void bn_backward(const T* g, const T* x, const T* mean, const T* invstd, const T* w, T* gx, T* gw, T* gb, int64_t n,
+                 int64_t c, int64_t hw, int threads) {
+  typedef typename Vec<T>::type V;
+  const T count = static_cast<T>(n * hw);
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t ch = 0; ch < c; ++ch) {
+    const T m = mean[ch], is = invstd[ch];
+    T sum_g = 0, sum_gx = 0;   // sum(g), sum(g * (x - mean))
+    {
+      constexpr int L = Vec<T>::L;
+      for (int64_t i = 0; i < n; ++i) {
+        const T* gr = g + (i * c + ch) * hw;
+        const T* xr = x + (i * c + ch) * hw;
+        V a{}, bsum{};
+        int64_t j = 0;
+        for (; j + L <= hw; j += L) {
+          const V gv = vload<T>(gr + j);
+          a += gv;
+          bsum += gv * (vload<T>(xr + j) - m);
+        }
+        T sa = hsum<T>(a), sb = hsum<T>(bsum);
+        for (; j < hw; ++j) {
+          sa += gr[j];
+          sb += gr[j] * (xr[j] - m);
+        }
+        sum_g += sa;
+        sum_gx += sb;
+      }
+    }
+    if (gb) gb[ch] = sum_g;
+    if (gw) gw[ch] = sum_gx * is;
+    if (gx) {
+      const T wv = w ? w[ch] : T(1);
+      const T mg = sum_g / count, k = sum_gx * is * is / count, scale = wv * is;
+      for (int64_t i = 0; i < n; ++i) {
+        const T* gr = g + (i * c + ch) * hw;
+        const T* xr = x + (i * c + ch) * hw;
+        T* out = gx + (i * c + ch) * hw;
+        for (int64_t j = 0; j < hw; ++j) out[j] = scale * (gr[j] - mg - (xr[j] - m) * k);
+      }
+    }
+  }
+}
+
+Geom geom(const int64_t* v) { return Geom{v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]}; }
+
+}  // namespace
+
+// C entry points (ctypes). `g` is {h, w, k, stride, pad, dilation, ho, wo}. Suffix: element type.
+extern "C" {
+
+void dw_forward_f32(const float* x, const float* w, float* out, int64_t n, int64_t c, const int64_t* g, int relu,
+                    int t) {
+  dw_forward(x, w, out, n, c, geom(g), relu != 0, t);
+}
+void dw_forward_f64(const double* x, const double* w, double* out, int64_t n, int64_t c, const int64_t* g, int relu,
+                    int t) {
+  dw_forward(x, w, out, n, c, geom(g), relu != 0, t);
+}
+void dw_backward_f32(const float* go, const float* x, const float* w, float* gx, float* gw_part, int64_t n,
+                     int64_t c, const int64_t* g, int relu, int t) {
+  dw_backward(go, x, w, gx, gw_part, n, c, geom(g), relu != 0, t);
+}
+void dw_backward_f64(const double* go, const double* x, const double* w, double* gx, double* gw_part, int64_t n,
+                     int64_t c, const int64_t* g, int relu, int t) {
+  dw_backward(go, x, w, gx, gw_part, n, c, geom(g), relu != 0, t);
+}
+void sum_images_f32(const float* part, float* out, int64_t n, int64_t stride, int t) {
+  sum_images(part, out, n, stride, t);
+}
+void sum_images_f64(const double* part, double* out, int64_t n, int64_t stride, int t) {
+  sum_images(part, out, n, stride, t);
+}
+void pw_forward_f32(const float* x, const float* w, float* out, int64_t n, int64_t ci, int64_t co, int64_t p,
+                    int relu, const float* mask, int t) {
+  pw_forward(x, w, out, n, ci, co, p, relu != 0, mask, t);
+}
+void pw_forward_f64(const double* x, const double* w, double* out, int64_t n, int64_t ci, int64_t co, int64_t p,
+                    int relu, const double* mask, int t) {
+  pw_forward(x, w, out, n, ci, co, p, relu != 0, mask, t);
+}
+void pw_weight_grad_f32(const float* go, const float* x, float* part, int64_t n, int64_t ci, int64_t co, int64_t p,
+                        int relu, int t) {
+  pw_weight_grad(go, x, part, n, ci, co, p, relu != 0, t);
+}
+void pw_weight_grad_f64(const double* go, const double* x, double* part, int64_t n, int64_t ci, int64_t co,
+                        int64_t p, int relu, int t) {
+  pw_weight_grad(go, x, part, n, ci, co, p, relu != 0, t);
+}
+void max_pool_forward_f32(const float* x, float* out, int32_t* idx, int64_t planes, const int64_t* g, int t) {
+  max_pool_forward(x, out, idx, planes, geom(g), t);
+}
+void max_pool_forward_f64(const double* x, double* out, int32_t* idx, int64_t planes, const int64_t* g, int t) {
+  max_pool_forward(x, out, idx, planes, geom(g), t);
+}
+void max_pool_backward_f32(const float* go, const int32_t* idx, float* gx, int64_t planes, int64_t in_plane,
+                           int64_t out_plane, int t) {
+  max_pool_backward(go, idx, gx, planes, in_plane, out_plane, t);
+}
+void max_pool_backward_f64(const double* go, const int32_t* idx, double* gx, int64_t planes, int64_t in_plane,
+                           int64_t out_plane, int t) {
+  max_pool_backward(go, idx, gx, planes, in_plane, out_plane, t);
+}
+void avg_pool_forward_f32(const float* x, float* out, int64_t planes, const int64_t* g, int count_pad, int t) {
+  avg_pool_forward(x, out, planes, geom(g), count_pad != 0, t);
+}
+void avg_pool_forward_f64(const double* x, double* out, int64_t planes, const int64_t* g, int count_pad, int t) {
+  avg_pool_forward(x, out, planes, geom(g), count_pad != 0, t);
+}
+void avg_pool_backward_f32(const float* go, float* gx, int64_t planes, const int64_t* g, int count_pad, int t) {
+  avg_pool_backward(go, gx, planes, geom(g), count_pad != 0, t);
+}
+void avg_pool_backward_f64(const double* go, double* gx, int64_t planes, const int64_t* g, int count_pad, int t) {
+  avg_pool_backward(go, gx, planes, geom(g), count_pad != 0, t);
+}
+
+void bn_forward_f32(const float* x, const float* w, const float* b, float* y, float* mean, float* invstd, float* var,
+                    int64_t n, int64_t c, int64_t hw, double eps, int t) {
+  bn_forward(x, w, b, y, mean, invstd, var, n, c, hw, eps, t);
+}
+void bn_forward_f64(const double* x, const double* w, const double* b, double* y, double* mean, double* invstd,
+                    double* var, int64_t n, int64_t c, int64_t hw, double eps, int t) {
+  bn_forward(x, w, b, y, mean, invstd, var, n, c, hw, eps, t);
+}
+void bn_backward_f32(const float* g, const float* x, const float* mean, const float* invstd, const float* w, float* gx,
+                     float* gw, float* gb, int64_t n, int64_t c, int64_t hw, int t) {
+  bn_backward(g, x, mean, invstd, w, gx, gw, gb, n, c, hw, t);
+}
+void bn_backward_f64(const double* g, const double* x, const double* mean, const double* invstd, const double* w,
+                     double* gx, double* gw, double* gb, int64_t n, int64_t c, int64_t hw, int t) {
+  bn_backward(g, x, mean, invstd, w, gx, gw, gb, n, c, hw, t);
+}
+
+}  // extern "C"
+
+// A module object so that setuptools can build and import this file as an extension; the functions are
+// reached through ctypes (dass.native).
+static PyModuleDef kModule = {PyModuleDef_HEAD_INIT, "_cpu_ops", "dass CPU training kernels", -1, nullptr};
+
+PyMODINIT_FUNC PyInit__cpu_ops(void) { return PyModule_Create(&kModule); }
