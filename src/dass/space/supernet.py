@@ -233,7 +233,9 @@ class Supernet(nn.Module):
         w_normal = F.softmax(self.alphas_normal, dim=-1)
         w_reduce = F.softmax(self.alphas_reduce, dim=-1)
         e_normal, e_reduce = self.edge_weights(self.betas_normal), self.edge_weights(self.betas_reduce)
-        s0 = s1 = self.stem(x)
+        # NCHW-contiguous activations throughout: with PyTorch's ops, a channels-last batch (a permuted NHWC array)
+        # carried its strides into every op and partial-channel slices of it made the backward 5-10x slower
+        s0 = s1 = self.stem(x.contiguous())
         for cell in self.cells:
             if cell.reduction:
                 s0, s1 = s1, cell(s0, s1, w_reduce, e_reduce)
