@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dass.kernels import (AvgPool2d, BatchNorm2d, MaxPool2d, avg_pool2d, batch_norm, conv2d, input_gradients_only,
-                          max_pool2d, use_cpu_kernels)
+                          max_pool2d, use_cpu_kernels, weighted_sum)
 
 DTYPES = [torch.float64, torch.float32]
 
@@ -197,3 +197,13 @@ def test_double_backward_raises_instead_of_being_wrong():
     (g,) = torch.autograd.grad(conv2d(x, w, None, 1, 1, 1, 4).square().sum(), w, create_graph=True)
     with pytest.raises(RuntimeError, match="differentiate twice"):
         g.sum().backward()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_weighted_sum_matches_pytorch(dtype):
+    torch.manual_seed(0)
+    weights = torch.softmax(torch.randn(8, dtype=dtype), 0).requires_grad_()
+    xs = [torch.randn(3, 5, 40, 41, dtype=dtype, requires_grad=True) for _ in range(4)]   # > one 4096 block
+    index = [1, 3, 4, 7]
+    _compare(lambda w, *xs: weighted_sum(w, index, xs), lambda w, *xs: sum(w[i] * x for i, x in zip(index, xs)),
+             (weights, *xs), dtype, "_WeightedSumBackward")

@@ -1,7 +1,7 @@
 """Compiled CPU kernels for training: depthwise / pointwise convolution, pooling, batch norm (see ``ops``)."""
 
 from .modules import AvgPool2d, BatchNorm2d, MaxPool2d
-from .ops import avg_pool2d, batch_norm, conv2d, input_gradients_only, max_pool2d, use_cpu_kernels
+from .ops import avg_pool2d, batch_norm, conv2d, input_gradients_only, max_pool2d, use_cpu_kernels, weighted_sum
 
 __all__ = ["AvgPool2d", "BatchNorm2d", "MaxPool2d", "avg_pool2d", "batch_norm", "conv2d", "input_gradients_only",
-           "max_pool2d", "use_cpu_kernels"]
+           "max_pool2d", "use_cpu_kernels", "weighted_sum"]

@@ -581,6 +581,61 @@ void bn_backward(const T* g, const T* x, const T* mean, const T* invstd, const T
   }
 }
 
+// ---- weighted sum (a mixed op's softmax-weighted sum of its ops' outputs) ----------------------------------
+
+constexpr int64_t kSumBlock = 4096;
+
+// out = sum_t w[t] * xs[t], one pass per block of elements (instead of a multiply and an add per op)
+template <typename T>
+void weighted_sum(const int64_t* xs, const T* w, int64_t k, int64_t n, T* out, int threads) {
+  const int64_t blocks = (n + kSumBlock - 1) / kSumBlock;
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int64_t j0 = b * kSumBlock, len = std::min(kSumBlock, n - j0);
+    T* __restrict o = out + j0;
+    const T* x0 = reinterpret_cast<const T*>(xs[0]) + j0;
+    for (int64_t j = 0; j < len; ++j) o[j] = w[0] * x0[j];
+    for (int64_t t = 1; t < k; ++t) {
+      const T* __restrict x = reinterpret_cast<const T*>(xs[t]) + j0;
+      const T wt = w[t];
+      for (int64_t j = 0; j < len; ++j) o[j] += wt * x[j];
+    }
+  }
+}
+
+// gxs[t] = w[t] * g (where gxs[t] is not null); dots[b * k + t] = <g, xs[t]> over block b (summed afterwards in
+// block order, so the result does not depend on the thread count)
+template <typename T>
+void weighted_sum_backward(const T* g, const int64_t* xs, const T* w, int64_t k, int64_t n, const int64_t* gxs,
+                           T* dots, int threads) {
+  typedef typename Vec<T>::type V;
+  constexpr int L = Vec<T>::L;
+  const int64_t blocks = (n + kSumBlock - 1) / kSumBlock;
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int64_t j0 = b * kSumBlock, len = std::min(kSumBlock, n - j0);
+    const T* __restrict gb = g + j0;
+    for (int64_t t = 0; t < k; ++t) {
+      const T* __restrict x = reinterpret_cast<const T*>(xs[t]) + j0;
+      T* __restrict gx = gxs[t] ? reinterpret_cast<T*>(gxs[t]) + j0 : nullptr;
+      const T wt = w[t];
+      V acc{};
+      int64_t j = 0;
+      for (; j + L <= len; j += L) {
+        const V gv = vload<T>(gb + j);
+        acc += gv * vload<T>(x + j);
+        if (gx) vstore<T>(gx + j, gv * wt);
+      }
+      T sum = hsum<T>(acc);
+      for (; j < len; ++j) {
+        sum += gb[j] * x[j];
+        if (gx) gx[j] = wt * gb[j];
+      }
+      dots[b * k + t] = sum;
+    }
+  }
+}
+
 Geom geom(const int64_t* v) { return Geom{v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]}; }
 
 }  // namespace
@@ -668,6 +723,21 @@ void bn_backward_f32(const float* g, const float* x, const float* mean, const fl
 void bn_backward_f64(const double* g, const double* x, const double* mean, const double* invstd, const double* w,
                      double* gx, double* gw, double* gb, int64_t n, int64_t c, int64_t hw, int t) {
   bn_backward(g, x, mean, invstd, w, gx, gw, gb, n, c, hw, t);
+}
+
+void weighted_sum_f32(const int64_t* xs, const float* w, int64_t k, int64_t n, float* out, int t) {
+  weighted_sum(xs, w, k, n, out, t);
+}
+void weighted_sum_f64(const int64_t* xs, const double* w, int64_t k, int64_t n, double* out, int t) {
+  weighted_sum(xs, w, k, n, out, t);
+}
+void weighted_sum_backward_f32(const float* g, const int64_t* xs, const float* w, int64_t k, int64_t n,
+                               const int64_t* gxs, float* dots, int t) {
+  weighted_sum_backward(g, xs, w, k, n, gxs, dots, t);
+}
+void weighted_sum_backward_f64(const double* g, const int64_t* xs, const double* w, int64_t k, int64_t n,
+                               const int64_t* gxs, double* dots, int t) {
+  weighted_sum_backward(g, xs, w, k, n, gxs, dots, t);
 }
 
 }  // extern "C"

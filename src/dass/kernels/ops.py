@@ -82,6 +82,8 @@ def _library() -> ctypes.CDLL | None:
         "avg_pool_backward": [ptr, ptr, i64, ptr, cint, cint],
         "bn_forward": [ptr, ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, ctypes.c_double, cint],
         "bn_backward": [ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, cint],
+        "weighted_sum": [ptr, ptr, i64, i64, ptr, cint],
+        "weighted_sum_backward": [ptr, ptr, ptr, i64, i64, ptr, ptr, cint],
     }
     for name, args in signatures.items():
         for suffix in _SUFFIX.values():
@@ -351,3 +353,52 @@ def batch_norm(x: torch.Tensor, running_mean: torch.Tensor | None, running_var: 
                 running_var.mul_(1 - momentum).add_(var * (count / (count - 1)), alpha=momentum)
         return y
     return F.batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps)
+
+
+# ---- weighted sum -----------------------------------------------------------------------------------------
+
+_SUM_BLOCK = 4096   # kSumBlock in cpu_ops.cpp
+
+
+class _WeightedSum(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, weights: torch.Tensor, index: tuple[int, ...], *xs: torch.Tensor) -> torch.Tensor:
+        xs = tuple(x.contiguous() for x in xs)
+        w = weights.detach()[list(index)].contiguous()
+        out = torch.empty_like(xs[0])
+        ptrs = torch.tensor([x.data_ptr() for x in xs], dtype=torch.int64)
+        _call("weighted_sum", out.dtype, ptrs, w, len(xs), out.numel(), out, _threads())
+        ctx.save_for_backward(weights, w, *xs)
+        ctx.index = index
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        weights, w, *xs = ctx.saved_tensors
+        grad = grad.contiguous()
+        gxs = [torch.empty_like(x) if ctx.needs_input_grad[2 + t] else None for t, x in enumerate(xs)]
+        gptrs = torch.tensor([0 if g is None else g.data_ptr() for g in gxs], dtype=torch.int64)
+        ptrs = torch.tensor([x.data_ptr() for x in xs], dtype=torch.int64)
+        blocks = -(-grad.numel() // _SUM_BLOCK)
+        dots = torch.empty(blocks, len(xs), dtype=grad.dtype)
+        _call("weighted_sum_backward", grad.dtype, grad, ptrs, w, len(xs), grad.numel(), gptrs, dots, _threads())
+        gw = None
+        if ctx.needs_input_grad[0]:
+            gw = torch.zeros_like(weights)
+            gw[list(ctx.index)] = dots.sum(0)
+        return (gw, None, *gxs)
+
+
+def weighted_sum(weights: torch.Tensor, index: Sequence[int], xs: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``sum(weights[i] * x for i, x in zip(index, xs))`` (a mixed op's output) in one pass over the tensors,
+    with the compiled kernel on CPU."""
+    index = tuple(int(i) for i in index)
+    if (xs and _usable(weights, *xs) and weights.dim() == 1 and len(index) == len(xs)
+            and all(x.shape == xs[0].shape for x in xs)):
+        return _WeightedSum.apply(weights, index, *xs)
+    out = None
+    for i, x in zip(index, xs):
+        y = weights[i] * x
+        out = y if out is None else out + y
+    return out

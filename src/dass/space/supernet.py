@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..kernels import BatchNorm2d
+from ..kernels import BatchNorm2d, weighted_sum
 from ..sparse import SparseConv2d, SparseLinear
 from .genotype import Genotype, derive_genotype
 from .ops import PRIMITIVES, FactorizedReduce, ReLUConvBN, build_op, is_pooling
@@ -106,11 +106,9 @@ class MixedOp(nn.Module):
         if mode is not None and self.active:
             out = self._sampled(x, weights, mode)
         else:
-            out = None
-            for k in self.active:
-                y = weights[k] * self.ops[k](x)
-                out = y if out is None else out + y
-            if out is None:  # an op set of only 'none'
+            if self.active:   # softmax-weighted sum of the ops' outputs, one pass on CPU
+                out = weighted_sum(weights, self.active, [self.ops[k](x) for k in self.active])
+            else:  # an op set of only 'none'
                 out = self.ops[0](x) * weights[0]
         if self.partial > 1:
             if self.stride == 2:
