@@ -2,8 +2,9 @@
 
 Every mode runs in its own process (its own peak RSS) on the same CIFAR-10 subset batches and sizes
 (8 initial channels, 5 cells, batch 64, 32x32, 2 threads, first-order steps: an architecture step on a
-validation batch and a weight step on a training batch), one warm-up step then the mean of the timed
-steps. Modes:
+validation batch and a weight step on a training batch). The modes take their steps in turns (round 0 warms
+up), and each reports the median of its timed steps: this machine's speed drifts by tens of percent over
+minutes, and turns expose every mode to the same drift. Modes:
 
 * reference: bench/reference_supernet.py (plain PyTorch, all 8 ops on every edge, full backward passes);
 * exact:     dass's DASS supernet in its dense warm-up phase (same computation as the reference);
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -47,7 +49,9 @@ def batches(batch: int, steps: int):
         yield (x[i].contiguous(), y[i]), (x[j].contiguous(), y[j])   # as the training loader gives them
 
 
-def child(mode: str, channels: int, layers: int, batch: int, steps: int) -> dict:
+def child(mode: str, channels: int, layers: int, batch: int, steps: int) -> None:
+    """Set up one mode, then run one step per "step" line on stdin, answering its seconds; "done" answers the
+    peak RSS. (Modes step in turns, so a slower or faster spell of this machine hits all of them alike.)"""
     import torch
 
     torch.set_num_threads(2)
@@ -70,23 +74,42 @@ def child(mode: str, channels: int, layers: int, batch: int, steps: int) -> dict
         dass = DassSearch(cfg, RunDir(Path(tempfile.mkdtemp())), progress=False)
         dass.enter_phase(1 if mode.endswith("prune") else 0, fresh=True)
         step = dass.train_step
-    times = []
-    for b in batches(batch, steps):
-        t0 = time.perf_counter()
-        step(b)
-        times.append(time.perf_counter() - t0)
-    timed = times[1:]
-    return {"mode": mode, "channels": channels, "layers": layers, "batch": batch,
-            "s_per_step": sum(timed) / len(timed), "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+    data = batches(batch, steps)
+    print("ready", flush=True)
+    for line in sys.stdin:
+        if line.strip() == "step":
+            b = next(data)
+            t0 = time.perf_counter()
+            step(b)
+            print(json.dumps({"seconds": time.perf_counter() - t0}), flush=True)
+        else:
+            print(json.dumps({"peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}), flush=True)
+            return
 
 
-def run(mode: str, channels: int, layers: int, batch: int, steps: int) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--child", mode, "--channels", str(channels), "--layers",
-                          str(layers), "--batch", str(batch), "--steps", str(steps)],
-                         capture_output=True, text=True, check=True)
-    row = json.loads(out.stdout.strip().splitlines()[-1])
-    print(row, flush=True)
-    return row
+class Mode:
+    """One mode's child process."""
+
+    def __init__(self, mode: str, channels: int, layers: int, batch: int, steps: int):
+        self.mode, self.channels, self.layers, self.batch = mode, channels, layers, batch
+        self.proc = subprocess.Popen([sys.executable, __file__, "--child", mode, "--channels", str(channels),
+                                      "--layers", str(layers), "--batch", str(batch), "--steps", str(steps)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.times: list[float] = []
+
+    def ask(self, command: str) -> dict:
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        while True:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise RuntimeError(f"mode {self.mode} exited early")
+            if line.startswith("{"):
+                return json.loads(line)
+
+    def wait_ready(self) -> None:
+        while (line := self.proc.stdout.readline()) and line.strip() != "ready":
+            pass
 
 
 def main() -> None:
@@ -99,20 +122,31 @@ def main() -> None:
     ap.add_argument("--child")
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(child(args.child, args.channels, args.layers, args.batch, args.steps)))
+        child(args.child, args.channels, args.layers, args.batch, args.steps)
         return
-    rows = [run(mode, args.channels, args.layers, args.batch, args.steps)
-            for mode in ("reference", "exact", "exact-prune", "pc4")]
+    modes = [Mode(m, args.channels, args.layers, args.batch, args.steps)
+             for m in ("reference", "exact", "exact-prune", "pc4")]
     if args.paper:
-        rows.append(run("pc4", 16, 8, 64, args.steps))
-    ref = rows[0]["s_per_step"]
-    print(f"\n2 threads, 32x32 CIFAR-10 subset, {args.steps} timed steps after one warm-up step, first order\n")
+        modes.append(Mode("pc4", 16, 8, 64, args.steps))
+    for m in modes:
+        m.wait_ready()
+    for r in range(args.steps + 1):       # round 0 warms up; each round steps every mode once, in turn
+        for m in modes:
+            t = m.ask("step")["seconds"]
+            if r:
+                m.times.append(t)
+        print(f"round {r}: " + ", ".join(f"{m.mode}: {m.times[-1] if r else 0:.2f} s" for m in modes), flush=True)
+    rss = [m.ask("done")["peak_rss_gb"] for m in modes]
+    ref = statistics.median(modes[0].times)
+    print(f"\n2 threads, 32x32 CIFAR-10 subset, first order; medians of {args.steps} steps taken in turns after "
+          f"one warm-up round\n")
     print("| mode | C | cells | batch | s/step | speed-up vs reference | peak RSS (GB) |\n|---|---|---|---|---|---|---|")
-    for r in rows:
-        same = r["channels"] == args.channels and r["layers"] == args.layers
-        print(f"| {r['mode']} | {r['channels']} | {r['layers']} | {r['batch']} | {r['s_per_step']:.2f} | "
-              f"{ref / r['s_per_step']:.2f}x{'' if same else ' (other size)'} | {r['peak_rss_gb']:.2f} |")
-    print(f"\nspeedup_exact: {ref / rows[1]['s_per_step']:.2f}")
+    for m, peak in zip(modes, rss):
+        same = m.channels == args.channels and m.layers == args.layers
+        sec = statistics.median(m.times)
+        print(f"| {m.mode} | {m.channels} | {m.layers} | {m.batch} | {sec:.2f} | "
+              f"{ref / sec:.2f}x{'' if same else ' (other size)'} | {peak:.2f} |")
+    print(f"\nspeedup_exact: {ref / statistics.median(modes[1].times):.2f}")
 
 
 if __name__ == "__main__":

@@ -223,8 +223,29 @@ def _compiled_conv(x: torch.Tensor, weight: torch.Tensor, stride, padding, dilat
         return _Depthwise.apply(x, weight, k, s, p, d, relu)
     if groups == 1 and k == 1 and p == 0:
         # a strided 1x1 convolution reads every s-th pixel: the same as a stride-1 one on the subsampled input
-        return _Pointwise.apply(x if s == 1 else x[:, :, ::s, ::s], weight, relu)
+        return _Pointwise.apply(x if s == 1 else subsample(x, s), weight, relu)
     return None
+
+
+class _Subsample(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, step: int, offset: int) -> torch.Tensor:
+        ctx.shape, ctx.step, ctx.offset = x.shape, step, offset
+        return x[:, :, offset::step, offset::step].contiguous()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        gx = grad.new_zeros(ctx.shape)
+        gx[:, :, ctx.offset::ctx.step, ctx.offset::ctx.step] = grad
+        return gx, None, None
+
+
+def subsample(x: torch.Tensor, step: int, offset: int = 0) -> torch.Tensor:
+    """``x[:, :, offset::step, offset::step]`` as a contiguous tensor. Its backward fills one zero gradient
+    (slicing both dimensions, autograd fills one per slice, each as large as its input)."""
+    if isinstance(x, torch.Tensor) and type(x) is torch.Tensor and torch.is_grad_enabled() and x.requires_grad:
+        return _Subsample.apply(x, step, offset)
+    return x[:, :, offset::step, offset::step].contiguous()
 
 
 # ---- pooling --------------------------------------------------------------------------------------------

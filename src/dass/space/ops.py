@@ -14,7 +14,7 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
-from ..kernels import AvgPool2d, BatchNorm2d, MaxPool2d
+from ..kernels import AvgPool2d, BatchNorm2d, MaxPool2d, conv2d, subsample
 from ..sparse import SparseConv2d
 
 PRIMITIVES: tuple[str, ...] = (
@@ -109,10 +109,13 @@ class FactorizedReduce(nn.Module):
         self.bn = BatchNorm2d(c_out, affine=affine)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if isinstance(self.conv_1, SparseConv2d):   # the ReLU fused into the convs (zero padding commutes with it)
+        if isinstance(self.conv_1, SparseConv2d):
+            # each stride-2 1x1 conv is a stride-1 one on every other pixel (even, then odd rows and columns),
+            # the ReLU fused into it (zero padding commutes with it)
             x = pad_to_even(x)
-            return self.bn(torch.cat([self.conv_1(x, relu_input=True), self.conv_2(x[:, :, 1:, 1:], relu_input=True)],
-                                     dim=1))
+            halves = [conv2d(subsample(x, 2, offset), conv.effective_weight(), conv.bias, relu_input=True)
+                      for offset, conv in ((0, self.conv_1), (1, self.conv_2))]
+            return self.bn(torch.cat(halves, dim=1))
         x = pad_to_even(self.relu(x))
         return self.bn(torch.cat([self.conv_1(x), self.conv_2(x[:, :, 1:, 1:])], dim=1))
 
