@@ -21,6 +21,8 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -344,79 +346,132 @@ void pw_forward(const T* x, const T* w, T* out, int64_t n, int64_t ci, int64_t c
     }
 }
 
-// part[i, o, c] = sum_p gout[i, o, p] * x[i, c, p]
+// part[i, o, c] = sum_p gout[i, o, p] * relu?(x[i, c, p]): tiles of 2 output x 4 input channels share
+// their row loads (6 loads per 8 multiply-adds); remainders one pair at a time.
+template <typename T>
+inline typename Vec<T>::type load_x(const T* p, bool relu) {
+  typedef typename Vec<T>::type V;
+  const V v = vload<T>(p);
+  const V zero{};
+  return relu ? (v > zero ? v : zero) : v;
+}
+
 template <typename T>
 void pw_weight_grad(const T* gout, const T* x, T* part, int64_t n, int64_t ci, int64_t co, int64_t pixels, bool relu,
                     int threads) {
   typedef typename Vec<T>::type V;
   constexpr int L = Vec<T>::L;
-  constexpr int64_t G = 4;   // input channels per pass, sharing each load of the gradient row
-#pragma omp parallel for num_threads(threads) schedule(static) collapse(2)
-  for (int64_t i = 0; i < n; ++i)
-    for (int64_t o = 0; o < co; ++o) {
-      const T* gr = gout + (i * co + o) * pixels;
-      for (int64_t c0 = 0; c0 < ci; c0 += G) {
-        const int64_t nc = std::min(G, ci - c0);
-        V acc[G] = {};
-        T tail[G] = {};
-        int64_t p = 0;
-        const V zero{};
-        for (; p + L <= pixels; p += L) {
-          const V gv = vload<T>(gr + p);
-          for (int64_t c = 0; c < nc; ++c) {
-            V xv = vload<T>(x + (i * ci + c0 + c) * pixels + p);
-            if (relu) xv = xv > zero ? xv : zero;
-            acc[c] += gv * xv;
+  constexpr int64_t OB = 2, CB = 4;
+  const int64_t vec_end = pixels - pixels % L;
+  auto tail = [&](const T* gr, const T* xr) {
+    T sum = 0;
+    for (int64_t p = vec_end; p < pixels; ++p) sum += gr[p] * (relu && xr[p] < T(0) ? T(0) : xr[p]);
+    return sum;
+  };
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t i = 0; i < n; ++i) {
+    const T* gi = gout + i * co * pixels;
+    const T* xi = x + i * ci * pixels;
+    T* pi = part + i * co * ci;
+    int64_t o0 = 0;
+    for (; o0 + OB <= co; o0 += OB) {
+      int64_t c0 = 0;
+      for (; c0 + CB <= ci; c0 += CB) {
+        V acc[OB][CB] = {};
+        for (int64_t p = 0; p < vec_end; p += L) {
+          V xv[CB];
+          for (int64_t c = 0; c < CB; ++c) xv[c] = load_x<T>(xi + (c0 + c) * pixels + p, relu);
+          for (int64_t o = 0; o < OB; ++o) {
+            const V gv = vload<T>(gi + (o0 + o) * pixels + p);
+            for (int64_t c = 0; c < CB; ++c) acc[o][c] += gv * xv[c];
           }
         }
-        for (; p < pixels; ++p)
-          for (int64_t c = 0; c < nc; ++c) {
-            const T xv = x[(i * ci + c0 + c) * pixels + p];
-            tail[c] += gr[p] * (relu && xv < T(0) ? T(0) : xv);
-          }
-        for (int64_t c = 0; c < nc; ++c) part[(i * co + o) * ci + c0 + c] = hsum<T>(acc[c]) + tail[c];
+        for (int64_t o = 0; o < OB; ++o)
+          for (int64_t c = 0; c < CB; ++c)
+            pi[(o0 + o) * ci + c0 + c] = hsum<T>(acc[o][c]) + tail(gi + (o0 + o) * pixels, xi + (c0 + c) * pixels);
       }
+      for (; c0 < ci; ++c0)
+        for (int64_t o = o0; o < o0 + OB; ++o) {
+          V acc{};
+          for (int64_t p = 0; p < vec_end; p += L) acc += vload<T>(gi + o * pixels + p) * load_x<T>(xi + c0 * pixels + p, relu);
+          pi[o * ci + c0] = hsum<T>(acc) + tail(gi + o * pixels, xi + c0 * pixels);
+        }
     }
+    for (; o0 < co; ++o0)
+      for (int64_t c = 0; c < ci; ++c) {
+        V acc{};
+        for (int64_t p = 0; p < vec_end; p += L) acc += vload<T>(gi + o0 * pixels + p) * load_x<T>(xi + c * pixels + p, relu);
+        pi[o0 * ci + c] = hsum<T>(acc) + tail(gi + o0 * pixels, xi + c * pixels);
+      }
+  }
 }
 
 // ---- pooling --------------------------------------------------------------------------------------------
 
 // Max pooling with PyTorch's choice among equal values (the first in window order; NaN wins) and the
-// winner's index within the input plane for the backward pass.
+// winner's index within the input plane for the backward pass. Vectors of output pixels keep their running
+// maximum and index in registers over the window's taps; strided windows read phase planes (padding: -inf,
+// which never wins).
+template <typename T> struct IndexVec;
+template <> struct IndexVec<float> { typedef int32_t type __attribute__((vector_size(32))); };
+template <> struct IndexVec<double> { typedef int64_t type __attribute__((vector_size(32))); };
+
 template <typename T>
 void max_pool_forward(const T* x, T* out, int32_t* idx, int64_t planes, Geom g, int threads) {
+  typedef typename Vec<T>::type V;
+  typedef typename IndexVec<T>::type VI;
+  typedef typename std::remove_reference<decltype(std::declval<VI>()[0])>::type I;
+  constexpr int L = Vec<T>::L;
   const T lowest = -std::numeric_limits<T>::infinity();
+  const int64_t kk = g.k * g.k;
+  std::vector<int64_t> off(static_cast<size_t>(kk));
+  tap_offsets(g, off.data());
+  std::vector<int32_t> first(static_cast<size_t>(g.ho * g.wo));   // PyTorch's start index: the first pixel inside
+  for (int64_t oy = 0; oy < g.ho; ++oy)
+    for (int64_t ox = 0; ox < g.wo; ++ox)
+      first[oy * g.wo + ox] = static_cast<int32_t>(std::max<int64_t>(oy * g.s - g.p, 0) * g.w +
+                                                   std::max<int64_t>(ox * g.s - g.p, 0));
+  VI lane_step{};
+  for (int j = 0; j < L; ++j) lane_step[j] = static_cast<I>(j * g.s);
 #pragma omp parallel num_threads(threads)
   {
-    std::vector<T> pad(static_cast<size_t>((g.h + 2 * g.p) * (g.w + 2 * g.p)));
-    const Geom pg{g.h, g.w, g.k, 1, g.p, g.d, g.ho, g.wo};   // unsplit padded plane
-    const int64_t wp = g.w + 2 * g.p;
+    std::vector<T> ph(static_cast<size_t>(g.phase_size()));
 #pragma omp for schedule(static)
     for (int64_t pl = 0; pl < planes; ++pl) {
-      build_phases(x + pl * g.h * g.w, pg, lowest, pad.data());
-      T* o = out + pl * g.ho * g.wo;
-      int32_t* id = idx + pl * g.ho * g.wo;
+      build_phases(x + pl * g.h * g.w, g, lowest, ph.data());
       for (int64_t oy = 0; oy < g.ho; ++oy) {
-        T* __restrict m = o + oy * g.wo;
-        int32_t* __restrict at = id + oy * g.wo;
-        const int64_t y0 = std::max<int64_t>(oy * g.s - g.p, 0);
-        for (int64_t ox = 0; ox < g.wo; ++ox) {
-          m[ox] = lowest;
-          at[ox] = static_cast<int32_t>(y0 * g.w + std::max<int64_t>(ox * g.s - g.p, 0));
-        }
-        for (int64_t ky = 0; ky < g.k; ++ky) {
-          const int64_t iy = oy * g.s + ky * g.d - g.p;
-          if (iy < 0 || iy >= g.h) continue;   // padding rows never win
-          for (int64_t kx = 0; kx < g.k; ++kx) {
-            const T* __restrict src = pad.data() + (iy + g.p) * wp + kx * g.d;
-            const int64_t base = iy * g.w + kx * g.d - g.p;
-            for (int64_t ox = 0; ox < g.wo; ++ox) {
-              const T v = src[ox * g.s];
-              const bool take = v > m[ox] || v != v;
-              m[ox] = take ? v : m[ox];
-              at[ox] = take ? static_cast<int32_t>(base + ox * g.s) : at[ox];
+        T* m = out + pl * g.ho * g.wo + oy * g.wo;
+        int32_t* at = idx + pl * g.ho * g.wo + oy * g.wo;
+        const T* rowbase = ph.data() + oy * g.wq();
+        int64_t ox = 0;
+        for (; ox + L <= g.wo; ox += L) {
+          V mv = V{} + lowest;
+          VI iv;
+          for (int j = 0; j < L; ++j) iv[j] = first[oy * g.wo + ox + j];
+          for (int64_t ky = 0; ky < g.k; ++ky)
+            for (int64_t kx = 0; kx < g.k; ++kx) {
+              const V v = vload<T>(rowbase + off[ky * g.k + kx] + ox);
+              const VI base = VI{} + static_cast<I>((oy * g.s + ky * g.d - g.p) * g.w + kx * g.d - g.p + ox * g.s);
+              const VI take = (v > mv) | (v != v);
+              mv = take ? v : mv;
+              iv = take ? base + lane_step : iv;
             }
-          }
+          vstore<T>(m + ox, mv);
+          for (int j = 0; j < L; ++j) at[ox + j] = static_cast<int32_t>(iv[j]);
+        }
+        for (; ox < g.wo; ++ox) {
+          T mv = lowest;
+          int64_t iv = first[oy * g.wo + ox];
+          for (int64_t ky = 0; ky < g.k; ++ky)
+            for (int64_t kx = 0; kx < g.k; ++kx) {
+              const T v = rowbase[off[ky * g.k + kx] + ox];
+              if (v > mv || v != v) {
+                mv = v;
+                iv = (oy * g.s + ky * g.d - g.p) * g.w + kx * g.d - g.p + ox * g.s;
+              }
+            }
+          m[ox] = mv;
+          at[ox] = static_cast<int32_t>(iv);
         }
       }
     }
@@ -441,9 +496,15 @@ inline int64_t span(int64_t o, int64_t s, int64_t p, int64_t k, int64_t n) {
   return std::min(o * s - p + k, n) - std::max(o * s - p, int64_t(0));
 }
 
+// The divisor of every output pixel (computed once per call, not per plane and pixel).
 template <typename T>
-inline T divisor(const Geom& g, bool count_pad, int64_t oy, int64_t ox) {
-  return static_cast<T>(count_pad ? g.k * g.k : span(oy, g.s, g.p, g.k, g.h) * span(ox, g.s, g.p, g.k, g.w));
+std::vector<T> divisors(const Geom& g, bool count_pad) {
+  std::vector<T> div(static_cast<size_t>(g.ho * g.wo));
+  for (int64_t oy = 0; oy < g.ho; ++oy)
+    for (int64_t ox = 0; ox < g.wo; ++ox)
+      div[oy * g.wo + ox] =
+          static_cast<T>(count_pad ? g.k * g.k : span(oy, g.s, g.p, g.k, g.h) * span(ox, g.s, g.p, g.k, g.w));
+  return div;
 }
 
 template <typename T>
@@ -452,6 +513,7 @@ void avg_pool_forward(const T* x, T* out, int64_t planes, Geom g, bool count_pad
   std::vector<int64_t> off(static_cast<size_t>(kk));
   std::vector<T> ones(static_cast<size_t>(kk), T(1));
   tap_offsets(g, off.data());
+  const std::vector<T> div = divisors<T>(g, count_pad);
 #pragma omp parallel num_threads(threads)
   {
     std::vector<T> ph(static_cast<size_t>(g.phase_size()));
@@ -459,9 +521,10 @@ void avg_pool_forward(const T* x, T* out, int64_t planes, Geom g, bool count_pad
     for (int64_t pl = 0; pl < planes; ++pl) {
       build_phases(x + pl * g.h * g.w, g, T(0), ph.data());
       for (int64_t oy = 0; oy < g.ho; ++oy) {
-        T* row = out + pl * g.ho * g.wo + oy * g.wo;
+        T* __restrict row = out + pl * g.ho * g.wo + oy * g.wo;
+        const T* __restrict d = div.data() + oy * g.wo;
         correlate_row(ph.data() + oy * g.wq(), off.data(), ones.data(), kk, row, g.wo);
-        for (int64_t ox = 0; ox < g.wo; ++ox) row[ox] /= divisor<T>(g, count_pad, oy, ox);
+        for (int64_t ox = 0; ox < g.wo; ++ox) row[ox] /= d[ox];
       }
     }
   }
@@ -473,16 +536,17 @@ void avg_pool_backward(const T* gout, T* gx, int64_t planes, Geom g, bool count_
   std::vector<int64_t> off(static_cast<size_t>(kk));
   std::vector<T> ones(static_cast<size_t>(kk), T(1));
   tap_offsets(g, off.data());
+  const std::vector<T> div = divisors<T>(g, count_pad);
 #pragma omp parallel num_threads(threads)
   {
     std::vector<T> share(static_cast<size_t>(g.ho * g.wo));
     std::vector<T> scratch(static_cast<size_t>(input_grad_scratch(g)));
 #pragma omp for schedule(static)
     for (int64_t pl = 0; pl < planes; ++pl) {
-      const T* go = gout + pl * g.ho * g.wo;
-      for (int64_t oy = 0; oy < g.ho; ++oy)
-        for (int64_t ox = 0; ox < g.wo; ++ox)
-          share[oy * g.wo + ox] = go[oy * g.wo + ox] / divisor<T>(g, count_pad, oy, ox);
+      const T* __restrict go = gout + pl * g.ho * g.wo;
+      const T* __restrict d = div.data();
+      T* __restrict sh = share.data();
+      for (int64_t j = 0; j < g.ho * g.wo; ++j) sh[j] = go[j] / d[j];
       window_input_grad(share.data(), ones.data(), g, off.data(), scratch.data(), gx + pl * g.h * g.w);
     }
   }
@@ -520,6 +584,7 @@ void bn_forward(const T* x, const T* w, const T* b, T* y, T* mean, T* invstd, T*
   const T count = static_cast<T>(n * hw);
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t ch = 0; ch < c; ++ch) {
+    // two passes for the statistics (a shifted one-pass sum loses digits when |mean| >> std)
     const T m = channel_sum(x, n, c, ch, hw, [](V v, int64_t) { return v; }) / count;
     const T v = channel_sum(x, n, c, ch, hw, [m](V u, int64_t) { const V d = u - m; return d * d; }) / count;
     const T is = T(1) / std::sqrt(v + static_cast<T>(eps));

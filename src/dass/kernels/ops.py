@@ -99,8 +99,14 @@ def _call(name: str, dtype: torch.dtype, *args) -> None:
     fn(*(ctypes.c_void_p(a.data_ptr()) if isinstance(a, torch.Tensor) else a for a in args))
 
 
+@lru_cache(maxsize=1024)
 def _geom(*values: int) -> torch.Tensor:
+    """A geometry as the int64 array the kernels read (cached: a supernet uses a few dozen, thousands of times)."""
     return torch.tensor(values, dtype=torch.int64)
+
+
+def _pointers(tensors: Sequence[torch.Tensor | None]) -> torch.Tensor:
+    return torch.tensor([0 if t is None else t.data_ptr() for t in tensors], dtype=torch.int64)
 
 
 def _threads() -> int:
@@ -387,7 +393,7 @@ class _WeightedSum(torch.autograd.Function):
         xs = tuple(x.contiguous() for x in xs)
         w = weights.detach()[list(index)].contiguous()
         out = torch.empty_like(xs[0])
-        ptrs = torch.tensor([x.data_ptr() for x in xs], dtype=torch.int64)
+        ptrs = _pointers(xs)
         _call("weighted_sum", out.dtype, ptrs, w, len(xs), out.numel(), out, _threads())
         ctx.save_for_backward(weights, w, *xs)
         ctx.index = index
@@ -399,8 +405,8 @@ class _WeightedSum(torch.autograd.Function):
         weights, w, *xs = ctx.saved_tensors
         grad = grad.contiguous()
         gxs = [torch.empty_like(x) if ctx.needs_input_grad[2 + t] else None for t, x in enumerate(xs)]
-        gptrs = torch.tensor([0 if g is None else g.data_ptr() for g in gxs], dtype=torch.int64)
-        ptrs = torch.tensor([x.data_ptr() for x in xs], dtype=torch.int64)
+        gptrs = _pointers(gxs)
+        ptrs = _pointers(xs)
         blocks = -(-grad.numel() // _SUM_BLOCK)
         dots = torch.empty(blocks, len(xs), dtype=grad.dtype)
         _call("weighted_sum_backward", grad.dtype, grad, ptrs, w, len(xs), grad.numel(), gptrs, dots, _threads())
