@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dass.kernels import (AvgPool2d, BatchNorm2d, MaxPool2d, avg_pool2d, batch_norm, conv2d, input_gradients_only,
-                          max_pool2d, use_cpu_kernels, weighted_sum)
+                          max_pool2d, subsample, use_cpu_kernels, weighted_sum)
 
 DTYPES = [torch.float64, torch.float32]
 
@@ -207,3 +207,10 @@ def test_weighted_sum_matches_pytorch(dtype):
     index = [1, 3, 4, 7]
     _compare(lambda w, *xs: weighted_sum(w, index, xs), lambda w, *xs: sum(w[i] * x for i, x in zip(index, xs)),
              (weights, *xs), dtype, "_WeightedSumBackward")
+
+
+@pytest.mark.parametrize("size,step,offset", [(8, 2, 0), (8, 2, 1), (7, 2, 1), (9, 3, 2)])
+def test_subsample_matches_slicing(size, step, offset):
+    x = torch.randn(2, 3, size, size + 1, dtype=torch.float64, requires_grad=True)
+    _compare(lambda x: subsample(x, step, offset), lambda x: x[:, :, offset::step, offset::step], (x,),
+             torch.float64, "_SubsampleBackward")

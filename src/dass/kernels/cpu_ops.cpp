@@ -701,6 +701,32 @@ void weighted_sum_backward(const T* g, const int64_t* xs, const T* w, int64_t k,
   }
 }
 
+// ---- subsampling (strided 1x1 convolutions, FactorizedReduce) ----------------------------------------------
+
+// The gradient of x[:, :, off::s, off::s]: every input pixel written once (the picked ones from g, the rest 0).
+template <typename T>
+void subsample_backward(const T* g, T* gx, int64_t planes, int64_t h, int64_t w, int64_t s, int64_t off, int64_t ho,
+                        int64_t wo, int threads) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t pl = 0; pl < planes; ++pl) {
+    T* out = gx + pl * h * w;
+    const T* src = g + pl * ho * wo;
+    for (int64_t y = 0; y < h; ++y) {
+      T* row = out + y * w;
+      const int64_t q = (y - off) / s;
+      if (y < off || (y - off) % s != 0 || q >= ho) {
+        std::fill(row, row + w, T(0));
+        continue;
+      }
+      const T* sr = src + q * wo;
+      for (int64_t x = 0; x < w; ++x) {
+        const int64_t r = (x - off) / s;
+        row[x] = (x >= off && (x - off) % s == 0 && r < wo) ? sr[r] : T(0);
+      }
+    }
+  }
+}
+
 Geom geom(const int64_t* v) { return Geom{v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]}; }
 
 }  // namespace
@@ -803,6 +829,15 @@ void weighted_sum_backward_f32(const float* g, const int64_t* xs, const float* w
 void weighted_sum_backward_f64(const double* g, const int64_t* xs, const double* w, int64_t k, int64_t n,
                                const int64_t* gxs, double* dots, int t) {
   weighted_sum_backward(g, xs, w, k, n, gxs, dots, t);
+}
+
+void subsample_backward_f32(const float* g, float* gx, int64_t planes, int64_t h, int64_t w, int64_t s, int64_t off,
+                            int64_t ho, int64_t wo, int t) {
+  subsample_backward(g, gx, planes, h, w, s, off, ho, wo, t);
+}
+void subsample_backward_f64(const double* g, double* gx, int64_t planes, int64_t h, int64_t w, int64_t s,
+                            int64_t off, int64_t ho, int64_t wo, int t) {
+  subsample_backward(g, gx, planes, h, w, s, off, ho, wo, t);
 }
 
 }  // extern "C"

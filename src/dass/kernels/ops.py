@@ -84,6 +84,7 @@ def _library() -> ctypes.CDLL | None:
         "bn_backward": [ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, cint],
         "weighted_sum": [ptr, ptr, i64, i64, ptr, cint],
         "weighted_sum_backward": [ptr, ptr, ptr, i64, i64, ptr, ptr, cint],
+        "subsample_backward": [ptr, ptr, i64, i64, i64, i64, i64, i64, i64, cint],
     }
     for name, args in signatures.items():
         for suffix in _SUFFIX.values():
@@ -240,9 +241,17 @@ class _Subsample(torch.autograd.Function):
         return x[:, :, offset::step, offset::step].contiguous()
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad: torch.Tensor):
-        gx = grad.new_zeros(ctx.shape)
-        gx[:, :, ctx.offset::ctx.step, ctx.offset::ctx.step] = grad
+        n, c, h, w = ctx.shape
+        if not _usable(grad):
+            gx = grad.new_zeros(ctx.shape)
+            gx[:, :, ctx.offset::ctx.step, ctx.offset::ctx.step] = grad
+            return gx, None, None
+        grad = grad.contiguous()
+        gx = torch.empty(ctx.shape, dtype=grad.dtype)
+        _call("subsample_backward", grad.dtype, grad, gx, n * c, h, w, ctx.step, ctx.offset, grad.shape[2],
+              grad.shape[3], _threads())
         return gx, None, None
 
 
