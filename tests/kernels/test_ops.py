@@ -6,8 +6,8 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
-from dass.kernels import (AvgPool2d, BatchNorm2d, MaxPool2d, avg_pool2d, batch_norm, conv2d, input_gradients_only,
-                          max_pool2d, subsample, use_cpu_kernels, weighted_sum)
+from dass.kernels import (AvgPool2d, BatchNorm2d, MaxPool2d, avg_pool2d, batch_norm, conv2d, depthwise_group,
+                          input_gradients_only, max_pool2d, subsample, use_cpu_kernels, weighted_sum)
 
 DTYPES = [torch.float64, torch.float32]
 
@@ -214,3 +214,30 @@ def test_subsample_matches_slicing(size, step, offset):
     x = torch.randn(2, 3, size, size + 1, dtype=torch.float64, requires_grad=True)
     _compare(lambda x: subsample(x, step, offset), lambda x: x[:, :, offset::step, offset::step], (x,),
              torch.float64, "_SubsampleBackward")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("stride", [1, 2])
+def test_depthwise_group_matches_separate_convolutions(dtype, stride):
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, 12, 10, dtype=dtype, requires_grad=True)
+    specs = [(3, 1, 1), (5, 2, 1), (3, 2, 2), (5, 4, 2)]      # DARTS' sep 3x3 / 5x5, dil 3x3 / 5x5 first stages
+    ws = [torch.randn(5, 1, k, k, dtype=dtype, requires_grad=True) for k, _, _ in specs]
+
+    def ours(x, *ws):
+        return depthwise_group(x, [(w, stride, p, d) for w, (_, p, d) in zip(ws, specs)])
+
+    def ref(x, *ws):
+        return [F.conv2d(F.relu(x), w, None, stride, p, d, 5) for w, (_, p, d) in zip(ws, specs)]
+
+    outs, refs = ours(x, *ws), ref(x, *ws)
+    assert "_DepthwiseGroupBackward" in _grad_fn_names(outs[0])
+    grads = [torch.randn_like(r) for r in refs]
+    for a, b in zip(outs + list(torch.autograd.grad(outs, [x, *ws], grads)),
+                    refs + list(torch.autograd.grad(refs, [x, *ws], grads))):
+        torch.testing.assert_close(a, b, **_tol(dtype))
+    # only some outputs used: the others' gradients count as zero
+    a = torch.autograd.grad(ours(x, *ws)[1].square().sum(), [x, *ws], allow_unused=True, materialize_grads=True)
+    b = torch.autograd.grad(ref(x, *ws)[1].square().sum(), [x, *ws], allow_unused=True, materialize_grads=True)
+    for u, v in zip(a, b):
+        torch.testing.assert_close(u, v, **_tol(dtype))

@@ -50,7 +50,7 @@ def test_dass_steps_equal_the_reference_implementation():
         # dass runs its compiled CPU kernels here: this test checks them inside the whole search step
         used = _grad_fn_names(ours(torch.randn(2, 3, 8, 8)).sum())
         assert {"_DepthwiseBackward", "_PointwiseBackward", "_MaxPoolBackward", "_AvgPoolBackward",
-                "_BatchNormBackward", "_WeightedSumBackward"} <= used
+                "_BatchNormBackward", "_WeightedSumBackward", "_DepthwiseGroupBackward"} <= used
         reference = ReferenceSearch(ref, lr=0.025)
         arch_opt = torch.optim.Adam(ours.arch_parameters(), lr=3e-4, betas=(0.5, 0.999), weight_decay=1e-3)
         architect = Architect(ours, ours.arch_parameters(), arch_opt, order=1)

@@ -274,6 +274,127 @@ void dw_backward(const T* gout, const T* x, const T* w, T* gx, T* gw_part, int64
   }
 }
 
+// ---- a group of depthwise convolutions of one input -------------------------------------------------------
+// The first (ReLU, depthwise) stage of a mixed op's separable and dilated convolutions all read the same input:
+// the padded input is built once per plane for all of them, their input gradients sum in one pass (one
+// write, no separate additions), and the weight gradients share one padded copy. specs: m x {k, p, d};
+// common stride s and output size. Pointer arrays hold each op's weight / output / gradient.
+
+// Offsets of every op's taps in phase planes padded by P = the largest padding.
+inline std::vector<int64_t> group_offsets(const int64_t* specs, int64_t m, const Geom& g, std::vector<int64_t>& start) {
+  std::vector<int64_t> off;
+  const int64_t hq = g.hq(), wq = g.wq();
+  for (int64_t i = 0; i < m; ++i) {
+    const int64_t k = specs[3 * i], p = specs[3 * i + 1], d = specs[3 * i + 2];
+    start.push_back(static_cast<int64_t>(off.size()));
+    for (int64_t ky = 0; ky < k; ++ky)
+      for (int64_t kx = 0; kx < k; ++kx) {
+        const int64_t dy = ky * d + g.p - p, dx = kx * d + g.p - p;
+        off.push_back(((dy % g.s) * g.s + dx % g.s) * hq * wq + (dy / g.s) * wq + dx / g.s);
+      }
+  }
+  start.push_back(static_cast<int64_t>(off.size()));
+  return off;
+}
+
+template <typename T>
+void dwg_forward(const T* x, const int64_t* ws, const int64_t* outs, const int64_t* specs, int64_t m, int64_t n,
+                 int64_t c, Geom g, bool relu, int threads) {
+  std::vector<int64_t> start;
+  const std::vector<int64_t> off = group_offsets(specs, m, g, start);
+#pragma omp parallel num_threads(threads)
+  {
+    std::vector<T> ph(static_cast<size_t>(g.phase_size()));
+#pragma omp for schedule(static)
+    for (int64_t nc = 0; nc < n * c; ++nc) {
+      build_phases(x + nc * g.h * g.w, g, T(0), ph.data(), relu);
+      for (int64_t i = 0; i < m; ++i) {
+        const int64_t kk = start[i + 1] - start[i];
+        const T* wc = reinterpret_cast<const T*>(ws[i]) + (nc % c) * kk;
+        T* out = reinterpret_cast<T*>(outs[i]) + nc * g.ho * g.wo;
+        for (int64_t oy = 0; oy < g.ho; ++oy)
+          correlate_row(ph.data() + oy * g.wq(), off.data() + start[i], wc, kk, out + oy * g.wo, g.wo);
+      }
+    }
+  }
+}
+
+template <typename T>
+void dwg_backward(const T* x, const int64_t* ws, const int64_t* gouts, const int64_t* specs, int64_t m, T* gx,
+                  const int64_t* gw_parts, int64_t n, int64_t c, Geom g, bool relu, int threads) {
+  std::vector<int64_t> start;
+  const std::vector<int64_t> off = group_offsets(specs, m, g, start);
+  // stride 1: input gradient = correlation of each op's output gradient, padded by q = (k-1)d - p (all padded
+  // by the largest, Q, side by side in one buffer), with its flipped kernel, over all ops' taps at once
+  int64_t Q = 0;
+  bool correlate = g.s == 1;
+  for (int64_t i = 0; i < m; ++i) {
+    const int64_t q = (specs[3 * i] - 1) * specs[3 * i + 2] - specs[3 * i + 1];
+    correlate = correlate && q >= 0;
+    Q = std::max(Q, q);
+  }
+  const Geom pg{g.ho, g.wo, 1, 1, Q, 1, g.h, g.w};
+  const int64_t buffer = pg.hq() * pg.wq();
+  std::vector<int64_t> flip_off;
+  for (int64_t i = 0; i < m && correlate; ++i) {
+    const int64_t k = specs[3 * i], d = specs[3 * i + 2];
+    const int64_t shift = Q - ((k - 1) * d - specs[3 * i + 1]);
+    for (int64_t ky = 0; ky < k; ++ky)
+      for (int64_t kx = 0; kx < k; ++kx)
+        flip_off.push_back(i * buffer + (ky * d + shift) * pg.wq() + kx * d + shift);
+  }
+  const int64_t scratch_size = std::max(g.phase_size(), correlate ? m * buffer : int64_t(0));
+#pragma omp parallel num_threads(threads)
+  {
+    std::vector<T> scratch(static_cast<size_t>(scratch_size));
+    std::vector<T> wflip(static_cast<size_t>(start[m]));
+#pragma omp for schedule(static)
+    for (int64_t nc = 0; nc < n * c; ++nc) {
+      const int64_t ch = nc % c;
+      if (gx) {
+        T* gi = gx + nc * g.h * g.w;
+        if (correlate) {
+          for (int64_t i = 0; i < m; ++i) {
+            build_phases(reinterpret_cast<const T*>(gouts[i]) + nc * g.ho * g.wo, pg, T(0),
+                         scratch.data() + i * buffer);
+            const int64_t kk = start[i + 1] - start[i];
+            const T* wc = reinterpret_cast<const T*>(ws[i]) + ch * kk;
+            for (int64_t t = 0; t < kk; ++t) wflip[start[i] + t] = wc[kk - 1 - t];
+          }
+          for (int64_t y = 0; y < g.h; ++y)
+            correlate_row(scratch.data() + y * pg.wq(), flip_off.data(), wflip.data(), start[m], gi + y * g.w, g.w);
+        } else {
+          std::fill(scratch.begin(), scratch.begin() + g.phase_size(), T(0));
+          for (int64_t i = 0; i < m; ++i) {
+            const int64_t kk = start[i + 1] - start[i];
+            const T* wc = reinterpret_cast<const T*>(ws[i]) + ch * kk;
+            const T* go = reinterpret_cast<const T*>(gouts[i]) + nc * g.ho * g.wo;
+            for (int64_t oy = 0; oy < g.ho; ++oy)
+              for (int64_t t = 0; t < kk; ++t) {
+                T* __restrict dst = scratch.data() + off[start[i] + t] + oy * g.wq();
+                const T* __restrict gr = go + oy * g.wo;
+                const T wt = wc[t];
+                for (int64_t xx = 0; xx < g.wo; ++xx) dst[xx] += wt * gr[xx];
+              }
+          }
+          unphase(scratch.data(), g, gi);
+        }
+        if (relu) relu_mask(gi, x + nc * g.h * g.w, g.h * g.w);
+      }
+      if (gw_parts) {
+        build_phases(x + nc * g.h * g.w, g, T(0), scratch.data(), relu);
+        for (int64_t i = 0; i < m; ++i) {
+          if (!gw_parts[i]) continue;
+          const int64_t kk = start[i + 1] - start[i];
+          tap_dots(scratch.data(), g.wq(), off.data() + start[i], kk,
+                   reinterpret_cast<const T*>(gouts[i]) + nc * g.ho * g.wo, g.ho, g.wo,
+                   reinterpret_cast<T*>(gw_parts[i]) + nc * kk);
+        }
+      }
+    }
+  }
+}
+
 // out[j] = sum over images i of part[i * stride + j], in image order.
 template <typename T>
 void sum_images(const T* part, T* out, int64_t n, int64_t stride, int threads) {
@@ -838,6 +959,23 @@ void subsample_backward_f32(const float* g, float* gx, int64_t planes, int64_t h
 void subsample_backward_f64(const double* g, double* gx, int64_t planes, int64_t h, int64_t w, int64_t s,
                             int64_t off, int64_t ho, int64_t wo, int t) {
   subsample_backward(g, gx, planes, h, w, s, off, ho, wo, t);
+}
+
+void dwg_forward_f32(const float* x, const int64_t* ws, const int64_t* outs, const int64_t* specs, int64_t m,
+                     int64_t n, int64_t c, const int64_t* g, int relu, int t) {
+  dwg_forward(x, ws, outs, specs, m, n, c, geom(g), relu != 0, t);
+}
+void dwg_forward_f64(const double* x, const int64_t* ws, const int64_t* outs, const int64_t* specs, int64_t m,
+                     int64_t n, int64_t c, const int64_t* g, int relu, int t) {
+  dwg_forward(x, ws, outs, specs, m, n, c, geom(g), relu != 0, t);
+}
+void dwg_backward_f32(const float* x, const int64_t* ws, const int64_t* gouts, const int64_t* specs, int64_t m,
+                      float* gx, const int64_t* gw_parts, int64_t n, int64_t c, const int64_t* g, int relu, int t) {
+  dwg_backward(x, ws, gouts, specs, m, gx, gw_parts, n, c, geom(g), relu != 0, t);
+}
+void dwg_backward_f64(const double* x, const int64_t* ws, const int64_t* gouts, const int64_t* specs, int64_t m,
+                      double* gx, const int64_t* gw_parts, int64_t n, int64_t c, const int64_t* g, int relu, int t) {
+  dwg_backward(x, ws, gouts, specs, m, gx, gw_parts, n, c, geom(g), relu != 0, t);
 }
 
 }  // extern "C"

@@ -85,6 +85,8 @@ def _library() -> ctypes.CDLL | None:
         "weighted_sum": [ptr, ptr, i64, i64, ptr, cint],
         "weighted_sum_backward": [ptr, ptr, ptr, i64, i64, ptr, ptr, cint],
         "subsample_backward": [ptr, ptr, i64, i64, i64, i64, i64, i64, i64, cint],
+        "dwg_forward": [ptr, ptr, ptr, ptr, i64, i64, i64, ptr, cint, cint],
+        "dwg_backward": [ptr, ptr, ptr, ptr, i64, ptr, ptr, i64, i64, ptr, cint, cint],
     }
     for name, args in signatures.items():
         for suffix in _SUFFIX.values():
@@ -258,9 +260,73 @@ class _Subsample(torch.autograd.Function):
 def subsample(x: torch.Tensor, step: int, offset: int = 0) -> torch.Tensor:
     """``x[:, :, offset::step, offset::step]`` as a contiguous tensor. Its backward fills one zero gradient
     (slicing both dimensions, autograd fills one per slice, each as large as its input)."""
-    if isinstance(x, torch.Tensor) and type(x) is torch.Tensor and torch.is_grad_enabled() and x.requires_grad:
+    if _usable(x) and torch.is_grad_enabled() and x.requires_grad:
         return _Subsample.apply(x, step, offset)
     return x[:, :, offset::step, offset::step].contiguous()
+
+
+class _DepthwiseGroup(torch.autograd.Function):
+    """Depthwise convolutions of one input (same stride and output size): see dwg_* in cpu_ops.cpp."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, specs: tuple[tuple[int, int, int], ...], s: int, relu: bool,
+                *ws: torch.Tensor):
+        x = x.contiguous()
+        ws = tuple(w.contiguous() for w in ws)
+        n, c, h, wd = x.shape
+        k0, p0, d0 = specs[0]
+        ho, wo = _out_size(h, k0, s, p0, d0), _out_size(wd, k0, s, p0, d0)
+        pad = max(p for _, p, _ in specs)
+        geom = _geom(h, wd, 1, s, pad, 1, ho, wo)
+        spec = _geom(*(v for sp in specs for v in sp))
+        outs = [torch.empty(n, c, ho, wo, dtype=x.dtype) for _ in ws]
+        _call("dwg_forward", x.dtype, x, _pointers(ws), _pointers(outs), spec, len(ws), n, c, geom, int(relu),
+              _threads())
+        ctx.save_for_backward(x, *ws)
+        ctx.geom, ctx.spec, ctx.relu = geom, spec, relu
+        return tuple(outs)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, *grads: torch.Tensor):
+        x, *ws = ctx.saved_tensors
+        n, c = x.shape[:2]
+        grads = [g.contiguous() if g is not None else torch.zeros(n, c, *ctx.geom[6:].tolist(), dtype=x.dtype)
+                 for g in grads]
+        gx = torch.empty_like(x) if ctx.needs_input_grad[0] else None
+        parts = [torch.empty(n, *w.shape, dtype=x.dtype) if _weight_grad(ctx, 4 + i) else None
+                 for i, w in enumerate(ws)]
+        _call("dwg_backward", x.dtype, x, _pointers(ws), _pointers(grads), ctx.spec, len(ws), gx,
+              _pointers(parts) if any(p is not None for p in parts) else None, n, c, ctx.geom, int(ctx.relu),
+              _threads())
+        gws = []
+        for part, w in zip(parts, ws):
+            gw = None
+            if part is not None:
+                gw = torch.empty_like(w)
+                _call("sum_images", x.dtype, part, gw, n, w.numel(), _threads())
+            gws.append(gw)
+        return (gx, None, None, None, *gws)
+
+
+def depthwise_group(x: torch.Tensor, convs: Sequence[tuple[torch.Tensor, int, int, int]],
+                    relu_input: bool = True) -> list[torch.Tensor] | None:
+    """Several depthwise convolutions ``(weight, stride, padding, dilation)`` of one input (of its ReLU) in one
+    kernel call, or None where the kernels do not apply (then run them one by one)."""
+    if len(convs) < 2 or not _usable(x, *(w for w, *_ in convs)) or x.dim() != 4:
+        return None
+    c = x.shape[1]
+    specs, strides, sizes = [], set(), set()
+    for w, s, p, d in convs:
+        k, s, p, d = _single(w.shape[-2:]), _single(s), _single(p), _single(d)
+        if None in (k, s, p, d) or k > MAX_KERNEL or w.shape[0] != c or w.shape[1] != 1:
+            return None
+        specs.append((k, p, d))
+        strides.add(s)
+        sizes.add(tuple(_out_size(n, k, s, p, d) for n in x.shape[2:]))
+    if len(strides) != 1 or len(sizes) != 1 or min(next(iter(sizes))) <= 0:
+        return None
+    return list(_DepthwiseGroup.apply(x, tuple(specs), strides.pop(), relu_input, *(w for w, *_ in convs)))
 
 
 # ---- pooling --------------------------------------------------------------------------------------------

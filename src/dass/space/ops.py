@@ -29,6 +29,13 @@ PRIMITIVES: tuple[str, ...] = (
 )
 
 
+def hooked(module: nn.Module) -> bool:
+    """Whether calling the module runs hooks (MAC counting, the cost model): fused paths that skip the module
+    call are not taken then."""
+    return bool(module._forward_hooks or module._forward_pre_hooks or nn.modules.module._global_forward_hooks
+                or nn.modules.module._global_forward_pre_hooks)
+
+
 def _relu_conv(relu: nn.Module, conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """conv(relu(x)); a sparse conv takes the ReLU fused into its kernel (exported plain convs do not)."""
     if isinstance(conv, SparseConv2d):
@@ -64,6 +71,15 @@ class DilConv(nn.Sequential):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self[3](self[2](_relu_conv(self[0], self[1], x)))
 
+    @property
+    def first_conv(self) -> nn.Module:
+        """The depthwise conv that reads relu(x): a mixed op runs those of all its ops in one kernel call."""
+        return self[1]
+
+    def after_first(self, y: torch.Tensor) -> torch.Tensor:
+        """The rest of the op, given ``first_conv(relu(x))``."""
+        return self[3](self[2](y))
+
 
 class SepConv(nn.Sequential):
     """Two stacked depthwise-separable blocks; only the first one strides."""
@@ -73,6 +89,13 @@ class SepConv(nn.Sequential):
             DilConv(c_in, c_in, kernel, stride, padding, 1, affine),
             DilConv(c_in, c_out, kernel, 1, padding, 1, affine),
         )
+
+    @property
+    def first_conv(self) -> nn.Module:
+        return self[0].first_conv
+
+    def after_first(self, y: torch.Tensor) -> torch.Tensor:
+        return self[1](self[0].after_first(y))
 
 
 class Zero(nn.Module):
@@ -109,7 +132,7 @@ class FactorizedReduce(nn.Module):
         self.bn = BatchNorm2d(c_out, affine=affine)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if isinstance(self.conv_1, SparseConv2d):
+        if isinstance(self.conv_1, SparseConv2d) and not (hooked(self.conv_1) or hooked(self.conv_2)):
             # each stride-2 1x1 conv is a stride-1 one on every other pixel (even, then odd rows and columns),
             # the ReLU fused into it (zero padding commutes with it)
             x = pad_to_even(x)

@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..kernels import BatchNorm2d, weighted_sum
+from ..kernels import BatchNorm2d, depthwise_group, weighted_sum
 from ..sparse import SparseConv2d, SparseLinear
 from .genotype import Genotype, derive_genotype
-from .ops import PRIMITIVES, FactorizedReduce, ReLUConvBN, build_op, is_pooling
+from .ops import PRIMITIVES, FactorizedReduce, ReLUConvBN, build_op, hooked, is_pooling
 
 
 @dataclass
@@ -107,7 +107,7 @@ class MixedOp(nn.Module):
             out = self._sampled(x, weights, mode)
         else:
             if self.active:   # softmax-weighted sum of the ops' outputs, one pass on CPU
-                out = weighted_sum(weights, self.active, [self.ops[k](x) for k in self.active])
+                out = weighted_sum(weights, self.active, self._outputs(x))
             else:  # an op set of only 'none'
                 out = self.ops[0](x) * weights[0]
         if self.partial > 1:
@@ -116,6 +116,19 @@ class MixedOp(nn.Module):
             out = channel_shuffle(torch.cat([out, rest], dim=1), self.partial)
         return out
 
+
+    def _outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Every active op's output. The separable and dilated convs all start with a depthwise conv of
+        relu(x): on CPU those run as one kernel call (one padded input, one summed input gradient)."""
+        firsts = [k for k in self.active if isinstance(getattr(self.ops[k], "first_conv", None), SparseConv2d)
+                  and not hooked(self.ops[k]) and not hooked(self.ops[k].first_conv)]
+        convs = [self.ops[k].first_conv for k in firsts]
+        ys = depthwise_group(x, [(c.effective_weight(), c.stride, c.padding, c.dilation) for c in convs]) \
+            if len(convs) > 1 else None
+        if ys is None:
+            return [self.ops[k](x) for k in self.active]
+        first = dict(zip(firsts, ys))
+        return [self.ops[k].after_first(first[k]) if k in first else self.ops[k](x) for k in self.active]
 
     def _sampled(self, x: torch.Tensor, weights: torch.Tensor, mode: str) -> torch.Tensor:
         active = torch.tensor(self.active)
