@@ -14,7 +14,7 @@ minutes, and turns expose every mode to the same drift. Modes:
 Ends with ``speedup_exact: X`` (reference s/step over exact s/step). ``--paper`` also runs the paper's
 search size (16 channels, 8 cells, batch 64) for the memory-light mode.
 
-    python bench/search_speed.py [--steps 3] [--paper]
+    python bench/search_speed.py [--steps 5] [--paper]
 """
 
 from __future__ import annotations
@@ -114,7 +114,7 @@ class Mode:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--channels", type=int, default=8)
     ap.add_argument("--layers", type=int, default=5)
     ap.add_argument("--batch", type=int, default=64)
@@ -146,6 +146,8 @@ def main() -> None:
         sec = statistics.median(m.times)
         print(f"| {m.mode} | {m.channels} | {m.layers} | {m.batch} | {sec:.2f} | "
               f"{ref / sec:.2f}x{'' if same else ' (other size)'} | {peak:.2f} |")
+    per_round = [r / e for r, e in zip(modes[0].times, modes[1].times)]
+    print(f"\nreference / exact per round: {', '.join(f'{x:.2f}' for x in per_round)}")
     print(f"\nspeedup_exact: {ref / statistics.median(modes[1].times):.2f}")
 
 

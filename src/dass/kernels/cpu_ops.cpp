@@ -840,10 +840,9 @@ void subsample_backward(const T* g, T* gx, int64_t planes, int64_t h, int64_t w,
         continue;
       }
       const T* sr = src + q * wo;
-      for (int64_t x = 0; x < w; ++x) {
-        const int64_t r = (x - off) / s;
-        row[x] = (x >= off && (x - off) % s == 0 && r < wo) ? sr[r] : T(0);
-      }
+      std::fill(row, row + w, T(0));
+      const int64_t cols = std::min(wo, (w - off + s - 1) / s);
+      for (int64_t r = 0; r < cols; ++r) row[off + r * s] = sr[r];
     }
   }
 }
