@@ -411,11 +411,39 @@ void sum_images(const T* part, T* out, int64_t n, int64_t stride, int threads) {
 constexpr int64_t kPixelBlock = 64;
 
 // out[i, o, :] = sum_c w[o, c] * x[i, c, :]. With w transposed it is also the input gradient.
+// OT output channels x 4 vectors of pixels: out[o, :] = sum_c w[o, c] * src[c, :], zeroed where mask <= 0.
+template <typename T, int OT>
+inline void pw_tile(const T* __restrict src, int64_t row, const T* __restrict w, int64_t ci, T* __restrict out,
+                    int64_t out_row, const T* __restrict mask) {
+  typedef typename Vec<T>::type V;
+  constexpr int L = Vec<T>::L;
+  V acc[OT][4] = {};
+  for (int64_t c = 0; c < ci; ++c) {
+    const T* xr = src + c * row;
+    const V x0 = vload<T>(xr), x1 = vload<T>(xr + L), x2 = vload<T>(xr + 2 * L), x3 = vload<T>(xr + 3 * L);
+    for (int o = 0; o < OT; ++o) {
+      const V wv = V{} + w[o * ci + c];
+      acc[o][0] += wv * x0;
+      acc[o][1] += wv * x1;
+      acc[o][2] += wv * x2;
+      acc[o][3] += wv * x3;
+    }
+  }
+  const V zero{};
+  for (int o = 0; o < OT; ++o)
+    for (int v = 0; v < 4; ++v) {
+      V r = acc[o][v];
+      if (mask) r = vload<T>(mask + o * out_row + v * L) > zero ? r : zero;
+      vstore<T>(out + o * out_row + v * L, r);
+    }
+}
+
 // relu: x passes a ReLU first. mask (nullable): the output is zeroed where mask <= 0 (the input gradient of a
 // convolution whose input passed a ReLU: mask is that input).
 template <typename T>
 void pw_forward(const T* x, const T* w, T* out, int64_t n, int64_t ci, int64_t co, int64_t pixels, bool relu,
                 const T* mask, int threads) {
+  constexpr int L = Vec<T>::L;
   const int64_t blocks = (pixels + kPixelBlock - 1) / kPixelBlock;
 #pragma omp parallel for num_threads(threads) schedule(static) collapse(2)
   for (int64_t i = 0; i < n; ++i)
@@ -434,34 +462,28 @@ void pw_forward(const T* x, const T* w, T* out, int64_t n, int64_t ci, int64_t c
       }
       const T* src = stage ? block : xb;
       const int64_t row = stage ? kPixelBlock : pixels;
-      for (int64_t o = 0; o < co; ++o) {
-        T acc[kPixelBlock] = {};
-        const T* wo = w + o * ci;
-        if (relu && !stage) {
-          for (int64_t c = 0; c < ci; ++c) {
-            const T v = wo[c];
-            const T* __restrict xr = xb + c * pixels;
-            for (int64_t j = 0; j < len; ++j) acc[j] += v * (xr[j] > T(0) ? xr[j] : T(0));
-          }
-        } else if (len == kPixelBlock) {
-          for (int64_t c = 0; c < ci; ++c) {
-            const T v = wo[c];
-            const T* __restrict xr = src + c * row;
-            for (int64_t j = 0; j < kPixelBlock; ++j) acc[j] += v * xr[j];
-          }
-        } else {
-          for (int64_t c = 0; c < ci; ++c) {
-            const T v = wo[c];
-            const T* __restrict xr = src + c * row;
-            for (int64_t j = 0; j < len; ++j) acc[j] += v * xr[j];
-          }
+      const T* mrow = mask ? mask + i * co * pixels + p0 : nullptr;
+      int64_t x0 = 0;
+      if (!(relu && !stage)) {   // register tiles: 3 output channels x 4 vectors of pixels share each input load
+        for (; x0 + 4 * L <= len; x0 += 4 * L) {
+          int64_t o = 0;
+          for (; o + 3 <= co; o += 3) pw_tile<T, 3>(src + x0, row, w + o * ci, ci, ob + o * pixels + x0, pixels,
+                                                   mrow ? mrow + o * pixels + x0 : nullptr);
+          for (; o < co; ++o) pw_tile<T, 1>(src + x0, row, w + o * ci, ci, ob + o * pixels + x0, pixels,
+                                            mrow ? mrow + o * pixels + x0 : nullptr);
         }
-        T* orow = ob + o * pixels;
-        if (mask) {
-          const T* mr = mask + (i * co + o) * pixels + p0;
-          for (int64_t j = 0; j < len; ++j) orow[j] = mr[j] > T(0) ? acc[j] : T(0);
-        } else {
-          for (int64_t j = 0; j < len; ++j) orow[j] = acc[j];
+      }
+      if (x0 < len) {   // the remaining pixels of the block, one output channel at a time
+        for (int64_t o = 0; o < co; ++o) {
+          T acc[kPixelBlock] = {};
+          const T* wo = w + o * ci;
+          for (int64_t c = 0; c < ci; ++c) {
+            const T v = wo[c];
+            const T* __restrict xr = (relu && !stage ? xb : src) + c * (relu && !stage ? pixels : row);
+            for (int64_t j = x0; j < len; ++j) acc[j] += v * (relu && !stage && xr[j] < T(0) ? T(0) : xr[j]);
+          }
+          T* orow = ob + o * pixels;
+          for (int64_t j = x0; j < len; ++j) orow[j] = mrow && !(mrow[o * pixels + j] > T(0)) ? T(0) : acc[j];
         }
       }
     }
