@@ -650,13 +650,25 @@ std::vector<T> divisors(const Geom& g, bool count_pad) {
   return div;
 }
 
+// What average pooling needs per call: tap offsets, unit weights (pooling is a correlation with ones) and
+// the divisor of every output pixel.
+template <typename T>
+struct PoolTables {
+  std::vector<int64_t> off;
+  std::vector<T> ones, div;
+  PoolTables(const Geom& g, bool count_pad)
+      : off(static_cast<size_t>(g.k * g.k)), ones(static_cast<size_t>(g.k * g.k), T(1)), div(divisors<T>(g, count_pad)) {
+    tap_offsets(g, off.data());
+  }
+};
+
 template <typename T>
 void avg_pool_forward(const T* x, T* out, int64_t planes, Geom g, bool count_pad, int threads) {
   const int64_t kk = g.k * g.k;
-  std::vector<int64_t> off(static_cast<size_t>(kk));
-  std::vector<T> ones(static_cast<size_t>(kk), T(1));
-  tap_offsets(g, off.data());
-  const std::vector<T> div = divisors<T>(g, count_pad);
+  const PoolTables<T> tab(g, count_pad);
+  const std::vector<int64_t>& off = tab.off;
+  const std::vector<T>& ones = tab.ones;
+  const std::vector<T>& div = tab.div;
 #pragma omp parallel num_threads(threads)
   {
     std::vector<T> ph(static_cast<size_t>(g.phase_size()));
@@ -676,10 +688,10 @@ void avg_pool_forward(const T* x, T* out, int64_t planes, Geom g, bool count_pad
 template <typename T>
 void avg_pool_backward(const T* gout, T* gx, int64_t planes, Geom g, bool count_pad, int threads) {
   const int64_t kk = g.k * g.k;
-  std::vector<int64_t> off(static_cast<size_t>(kk));
-  std::vector<T> ones(static_cast<size_t>(kk), T(1));
-  tap_offsets(g, off.data());
-  const std::vector<T> div = divisors<T>(g, count_pad);
+  const PoolTables<T> tab(g, count_pad);
+  const std::vector<int64_t>& off = tab.off;
+  const std::vector<T>& ones = tab.ones;
+  const std::vector<T>& div = tab.div;
 #pragma omp parallel num_threads(threads)
   {
     std::vector<T> share(static_cast<size_t>(g.ho * g.wo));

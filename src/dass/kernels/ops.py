@@ -116,6 +116,15 @@ def _threads() -> int:
     return torch.get_num_threads()
 
 
+def _sum_images(part: torch.Tensor | None, shape: torch.Size) -> torch.Tensor | None:
+    """A weight gradient from per-image partials (n, ...), summed in image order (thread-count independent)."""
+    if part is None:
+        return None
+    out = torch.empty(shape, dtype=part.dtype)
+    _call("sum_images", part.dtype, part, out, part.shape[0], out.numel(), _threads())
+    return out
+
+
 def _usable(*tensors: torch.Tensor) -> bool:
     """Real CPU float32/float64 tensors outside tracing, with the kernels on and loadable. (Checked before
     anything else touches the arguments: under torch.fx they are proxies.)"""
@@ -167,13 +176,8 @@ class _Depthwise(torch.autograd.Function):
         n, c = x.shape[:2]
         gx = torch.empty_like(x) if ctx.needs_input_grad[0] else None
         part = torch.empty(n, *w.shape, dtype=x.dtype) if _weight_grad(ctx, 1) else None
-        _call("dw_backward", x.dtype, grad, x, w, gx, part, n, c, ctx.geom, int(ctx.relu),
-                                    _threads())
-        gw = None
-        if part is not None:
-            gw = torch.empty_like(w)
-            _call("sum_images", x.dtype, part, gw, n, w.numel(), _threads())
-        return gx, gw, None, None, None, None, None
+        _call("dw_backward", x.dtype, grad, x, w, gx, part, n, c, ctx.geom, int(ctx.relu), _threads())
+        return gx, _sum_images(part, w.shape), None, None, None, None, None
 
 
 class _Pointwise(torch.autograd.Function):
@@ -201,13 +205,11 @@ class _Pointwise(torch.autograd.Function):
             gx = torch.empty_like(x)
             wt = w2.t().contiguous()
             _call("pw_forward", x.dtype, grad, wt, gx, n, co, ci, h * wd, 0, x if ctx.relu else None,
-                                       _threads())
+                  _threads())
         if _weight_grad(ctx, 1):
             part = torch.empty(n, co, ci, dtype=x.dtype)
             _call("pw_weight_grad", x.dtype, grad, x, part, n, ci, co, h * wd, int(ctx.relu), _threads())
-            gw = torch.empty(co, ci, dtype=x.dtype)
-            _call("sum_images", x.dtype, part, gw, n, co * ci, _threads())
-            gw = gw.view(ctx.weight_shape)
+            gw = _sum_images(part, ctx.weight_shape)
         return gx, gw, None
 
 
@@ -299,14 +301,7 @@ class _DepthwiseGroup(torch.autograd.Function):
         _call("dwg_backward", x.dtype, x, _pointers(ws), _pointers(grads), ctx.spec, len(ws), gx,
               _pointers(parts) if any(p is not None for p in parts) else None, n, c, ctx.geom, int(ctx.relu),
               _threads())
-        gws = []
-        for part, w in zip(parts, ws):
-            gw = None
-            if part is not None:
-                gw = torch.empty_like(w)
-                _call("sum_images", x.dtype, part, gw, n, w.numel(), _threads())
-            gws.append(gw)
-        return (gx, None, None, None, *gws)
+        return (gx, None, None, None, *(_sum_images(part, w.shape) for part, w in zip(parts, ws)))
 
 
 def depthwise_group(x: torch.Tensor, convs: Sequence[tuple[torch.Tensor, int, int, int]],
@@ -353,7 +348,7 @@ class _MaxPool(torch.autograd.Function):
         n, c, h, wd = ctx.in_shape
         gx = torch.empty(ctx.in_shape, dtype=grad.dtype)
         _call("max_pool_backward", grad.dtype, grad.contiguous(), idx, gx, n * c, h * wd,
-                                             idx.shape[2] * idx.shape[3], _threads())
+              idx.shape[2] * idx.shape[3], _threads())
         return gx, None, None, None, None
 
 
@@ -375,7 +370,7 @@ class _AvgPool(torch.autograd.Function):
         n, c = ctx.in_shape[:2]
         gx = torch.empty(ctx.in_shape, dtype=grad.dtype)
         _call("avg_pool_backward", grad.dtype, grad.contiguous(), gx, n * c, ctx.geom, int(ctx.count_pad),
-                                             _threads())
+              _threads())
         return gx, None, None, None, None
 
 
@@ -423,7 +418,7 @@ class _BatchNorm(torch.autograd.Function):
         w = weight.contiguous() if weight is not None else None
         b = bias.contiguous() if bias is not None else None
         _call("bn_forward", x.dtype, x, w, b, y, mean, invstd, var, n, c, h * wd, eps,
-                                   _threads())
+              _threads())
         ctx.save_for_backward(x, mean, invstd, w)
         ctx.mark_non_differentiable(mean, var)
         return y, mean, var
@@ -437,7 +432,7 @@ class _BatchNorm(torch.autograd.Function):
         gw = torch.empty(c, dtype=x.dtype) if _weight_grad(ctx, 1) else None
         gb = torch.empty(c, dtype=x.dtype) if _weight_grad(ctx, 2) else None
         _call("bn_backward", x.dtype, grad.contiguous(), x, mean, invstd, w, gx, gw, gb,
-                                    n, c, h * wd, _threads())
+              n, c, h * wd, _threads())
         return gx, gw, gb, None
 
 
