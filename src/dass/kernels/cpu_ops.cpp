@@ -666,9 +666,6 @@ template <typename T>
 void avg_pool_forward(const T* x, T* out, int64_t planes, Geom g, bool count_pad, int threads) {
   const int64_t kk = g.k * g.k;
   const PoolTables<T> tab(g, count_pad);
-  const std::vector<int64_t>& off = tab.off;
-  const std::vector<T>& ones = tab.ones;
-  const std::vector<T>& div = tab.div;
 #pragma omp parallel num_threads(threads)
   {
     std::vector<T> ph(static_cast<size_t>(g.phase_size()));
@@ -677,8 +674,8 @@ void avg_pool_forward(const T* x, T* out, int64_t planes, Geom g, bool count_pad
       build_phases(x + pl * g.h * g.w, g, T(0), ph.data());
       for (int64_t oy = 0; oy < g.ho; ++oy) {
         T* __restrict row = out + pl * g.ho * g.wo + oy * g.wo;
-        const T* __restrict d = div.data() + oy * g.wo;
-        correlate_row(ph.data() + oy * g.wq(), off.data(), ones.data(), kk, row, g.wo);
+        const T* __restrict d = tab.div.data() + oy * g.wo;
+        correlate_row(ph.data() + oy * g.wq(), tab.off.data(), tab.ones.data(), kk, row, g.wo);
         for (int64_t ox = 0; ox < g.wo; ++ox) row[ox] /= d[ox];
       }
     }
@@ -687,11 +684,7 @@ void avg_pool_forward(const T* x, T* out, int64_t planes, Geom g, bool count_pad
 
 template <typename T>
 void avg_pool_backward(const T* gout, T* gx, int64_t planes, Geom g, bool count_pad, int threads) {
-  const int64_t kk = g.k * g.k;
   const PoolTables<T> tab(g, count_pad);
-  const std::vector<int64_t>& off = tab.off;
-  const std::vector<T>& ones = tab.ones;
-  const std::vector<T>& div = tab.div;
 #pragma omp parallel num_threads(threads)
   {
     std::vector<T> share(static_cast<size_t>(g.ho * g.wo));
@@ -699,10 +692,10 @@ void avg_pool_backward(const T* gout, T* gx, int64_t planes, Geom g, bool count_
 #pragma omp for schedule(static)
     for (int64_t pl = 0; pl < planes; ++pl) {
       const T* __restrict go = gout + pl * g.ho * g.wo;
-      const T* __restrict d = div.data();
+      const T* __restrict d = tab.div.data();
       T* __restrict sh = share.data();
       for (int64_t j = 0; j < g.ho * g.wo; ++j) sh[j] = go[j] / d[j];
-      window_input_grad(share.data(), ones.data(), g, off.data(), scratch.data(), gx + pl * g.h * g.w);
+      window_input_grad(share.data(), tab.ones.data(), g, tab.off.data(), scratch.data(), gx + pl * g.h * g.w);
     }
   }
 }
