@@ -28,6 +28,7 @@ from .program import ACTS, FIELDS, N_FIELDS, OPS, Program
 DENSE_THRESHOLD = 0.5  # layers at or above this density use the dense weight layout
 IM2COL_MAX_PIXELS = 16  # convs with at most this many output pixels unfold their input (measured: no gain at 8x8)
 IM2COL_MAX_PADDED = 1024  # floats: the runtime unfolds through a padded copy of this size on the stack
+ROWS16 = True           # unfolded 4x4 layers store taps as 16-bit row numbers
 ALIGN = 16              # floats: arena buffers start on cache lines
 
 
@@ -472,8 +473,15 @@ def _conv_fields(op: IROp, x: Value, out: Value, pools: _Pools, dense_threshold:
         rows, cols = np.nonzero(flat)
         group_base = (rows // (co // groups)) * cin_g * plane
         rowptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=co))])
-        fields.update(DENSE=0, KTAPS=0, WEIGHT=pools.f(flat[rows, cols]), TAPS=pools.i(table[cols] + group_base),
-                      ROWPTR=pools.i(rowptr))
+        offsets = table[cols] + group_base
+        if ROWS16 and im2col and ho * wo == 16 and offsets.size and offsets.max() // 16 < 2**16:
+            packed = (offsets // 16).astype(np.uint16)   # 16-bit row numbers, two per int32 word of the pool
+            packed = np.concatenate([packed, np.zeros(packed.size % 2, np.uint16)])
+            fields.update(ROWS16=1, DENSE=0, KTAPS=0, WEIGHT=pools.f(flat[rows, cols]),
+                          TAPS=pools.i(packed.view(np.int32)), ROWPTR=pools.i(rowptr))
+        else:
+            fields.update(DENSE=0, KTAPS=0, WEIGHT=pools.f(flat[rows, cols]), TAPS=pools.i(offsets),
+                          ROWPTR=pools.i(rowptr))
     # input channels that some tap reads: only those get a padded copy (at 99% most channels of a
     # depthwise layer have no weight left)
     # (the dense layout reads every tap, zeros included, so it copies every channel)

@@ -63,6 +63,7 @@ enum Field {
   F_CHANNELS = 35, F_NCHANNELS = 36,               // input channels some tap reads (int pool); only those are copied
   F_PHASES = 37,                                   // bit (a*s + b): some tap reads phase plane (a, b)
   F_IM2COL = 38,                                   // small planes: one contiguous row of output pixels per tap
+  F_ROWS16 = 39,                                   // 1: unfolded 16-pixel rows, taps as 16-bit row numbers
   N_FIELDS = 40
 };
 
@@ -176,6 +177,33 @@ inline void conv_rows(const float* src, int64_t src_row, const int32_t* taps, co
   for (; y < rows; ++y)
     tile<T, 1>(src + y * src_row + x0, src_row, taps, w, count, bias, dst + y * dst_row + x0, dst_row, act,
                res ? res + y * dst_row + x0 : nullptr);
+}
+
+// An unfolded 4x4 output plane (16 pixels = 2 vectors) with taps given as 16-bit row numbers: 6 bytes of
+// weight and index per nonzero instead of 8.
+inline void conv_rows16(const float* __restrict src, const uint16_t* __restrict rows, const float* __restrict w,
+                        int64_t count, float bias, float* __restrict dst, int64_t act, const float* __restrict res) {
+  v8f a0 = v8f{} + bias, a1 = v8f{} + bias, b0 = v8f{}, b1 = v8f{};   // a: pixels 0-7, 8-15; b: odd taps
+  int64_t j = 0;
+  for (; j + 2 <= count; j += 2) {
+    const float* p = src + static_cast<int64_t>(rows[j]) * 16;
+    const float* q = src + static_cast<int64_t>(rows[j + 1]) * 16;
+    a0 += w[j] * *reinterpret_cast<const v8u*>(p);
+    a1 += w[j] * *reinterpret_cast<const v8u*>(p + 8);
+    b0 += w[j + 1] * *reinterpret_cast<const v8u*>(q);
+    b1 += w[j + 1] * *reinterpret_cast<const v8u*>(q + 8);
+  }
+  for (; j < count; ++j) {
+    const float* p = src + static_cast<int64_t>(rows[j]) * 16;
+    a0 += w[j] * *reinterpret_cast<const v8u*>(p);
+    a1 += w[j] * *reinterpret_cast<const v8u*>(p + 8);
+  }
+  a0 += b0;
+  a1 += b1;
+  float tmp[16];
+  std::memcpy(tmp, &a0, 32);
+  std::memcpy(tmp + 8, &a1, 32);
+  for (int t = 0; t < 16; ++t) dst[t] = act_apply(tmp[t] + (res ? res[t] : 0.f), act);
 }
 
 // All output pixels of one output channel: the row is cut into tiles of 32/16/8/4/2/1 columns.
@@ -374,6 +402,9 @@ void run_conv(const int64_t* f, const Ctx& c) {
       const int64_t g = o / cout_g;
       conv_channel(base + g * (cin / groups) * cin_plane, row, taps, weight + o * ktaps, ktaps, b, dst, tile_w,
                    tile_h, f[F_ACT], r);
+    } else if (f[F_ROWS16]) {
+      const int64_t lo = rowptr[o], hi = rowptr[o + 1];
+      conv_rows16(base, reinterpret_cast<const uint16_t*>(taps) + lo, weight + lo, hi - lo, b, dst, f[F_ACT], r);
     } else {
       const int64_t lo = rowptr[o], hi = rowptr[o + 1];
       conv_channel(base, row, taps + lo, weight + lo, hi - lo, b, dst, tile_w, tile_h, f[F_ACT], r);
