@@ -474,14 +474,12 @@ def _conv_fields(op: IROp, x: Value, out: Value, pools: _Pools, dense_threshold:
         group_base = (rows // (co // groups)) * cin_g * plane
         rowptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=co))])
         offsets = table[cols] + group_base
-        if ROWS16 and im2col and ho * wo == 16 and offsets.size and offsets.max() // 16 < 2**16:
-            packed = (offsets // 16).astype(np.uint16)   # 16-bit row numbers, two per int32 word of the pool
-            packed = np.concatenate([packed, np.zeros(packed.size % 2, np.uint16)])
-            fields.update(ROWS16=1, DENSE=0, KTAPS=0, WEIGHT=pools.f(flat[rows, cols]),
-                          TAPS=pools.i(packed.view(np.int32)), ROWPTR=pools.i(rowptr))
-        else:
-            fields.update(DENSE=0, KTAPS=0, WEIGHT=pools.f(flat[rows, cols]), TAPS=pools.i(offsets),
-                          ROWPTR=pools.i(rowptr))
+        rows16 = ROWS16 and im2col and ho * wo == 16 and offsets.size > 0 and offsets.max() // 16 < 2**16
+        if rows16:   # 16-bit row numbers, two per int32 word of the pool
+            packed = (offsets // 16).astype(np.uint16)
+            offsets = np.concatenate([packed, np.zeros(packed.size % 2, np.uint16)]).view(np.int32)
+        fields.update(ROWS16=int(rows16), DENSE=0, KTAPS=0, WEIGHT=pools.f(flat[rows, cols]), TAPS=pools.i(offsets),
+                      ROWPTR=pools.i(rowptr))
     # input channels that some tap reads: only those get a padded copy (at 99% most channels of a
     # depthwise layer have no weight left)
     # (the dense layout reads every tap, zeros included, so it copies every channel)

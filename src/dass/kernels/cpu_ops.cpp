@@ -192,25 +192,6 @@ inline void relu_mask(T* __restrict g, const T* __restrict x, int64_t n) {
 
 // ---- depthwise convolution ----------------------------------------------------------------------------
 
-// relu: the input passes a ReLU first (fused: the padded copy applies it)
-template <typename T>
-void dw_forward(const T* x, const T* w, T* out, int64_t n, int64_t c, Geom g, bool relu, int threads) {
-  const int64_t kk = g.k * g.k;
-  std::vector<int64_t> off(static_cast<size_t>(kk));
-  tap_offsets(g, off.data());
-#pragma omp parallel num_threads(threads)
-  {
-    std::vector<T> ph(static_cast<size_t>(g.phase_size()));
-#pragma omp for schedule(static)
-    for (int64_t nc = 0; nc < n * c; ++nc) {
-      build_phases(x + nc * g.h * g.w, g, T(0), ph.data(), relu);
-      const T* wc = w + (nc % c) * kk;
-      for (int64_t oy = 0; oy < g.ho; ++oy)
-        correlate_row(ph.data() + oy * g.wq(), off.data(), wc, kk, out + nc * g.ho * g.wo + oy * g.wo, g.wo);
-    }
-  }
-}
-
 // The input gradient of a window op with per-tap weights w (depthwise: the kernel; average pooling: ones)
 // for one plane. Stride 1: a correlation of the gradient, padded by (k-1)*d - p, with the flipped kernel
 // (accumulated in registers). Strided: each gradient row scattered into the phase planes, then unphased.
@@ -248,34 +229,8 @@ inline int64_t input_grad_scratch(const Geom& g) {
   return std::max(g.phase_size(), (g.ho + 2 * q) * (g.wo + 2 * q));
 }
 
-// grad_x (nullable) and per-image weight-gradient partials gw_part[(n*C + c) * k*k] (nullable).
-template <typename T>
-void dw_backward(const T* gout, const T* x, const T* w, T* gx, T* gw_part, int64_t n, int64_t c, Geom g, bool relu,
-                 int threads) {
-  const int64_t kk = g.k * g.k;
-  std::vector<int64_t> off(static_cast<size_t>(kk));
-  tap_offsets(g, off.data());
-#pragma omp parallel num_threads(threads)
-  {
-    std::vector<T> scratch(static_cast<size_t>(std::max(input_grad_scratch(g), g.phase_size())));
-#pragma omp for schedule(static)
-    for (int64_t nc = 0; nc < n * c; ++nc) {
-      const T* go = gout + nc * g.ho * g.wo;
-      if (gx) {
-        T* gi = gx + nc * g.h * g.w;
-        window_input_grad(go, w + (nc % c) * kk, g, off.data(), scratch.data(), gi);
-        if (relu) relu_mask(gi, x + nc * g.h * g.w, g.h * g.w);
-      }
-      if (gw_part) {
-        build_phases(x + nc * g.h * g.w, g, T(0), scratch.data(), relu);
-        tap_dots(scratch.data(), g.wq(), off.data(), kk, go, g.ho, g.wo, gw_part + nc * kk);
-      }
-    }
-  }
-}
-
-// ---- a group of depthwise convolutions of one input -------------------------------------------------------
-// The first (ReLU, depthwise) stage of a mixed op's separable and dilated convolutions all read the same input:
+// ---- depthwise convolutions: one, or a group reading the same input ----------------------------------------
+// A single depthwise conv is a group of one. The first (ReLU, depthwise) stage of a mixed op's separable and dilated convolutions all read the same input:
 // the padded input is built once per plane for all of them, their input gradients sum in one pass (one
 // write, no separate additions), and the weight gradients share one padded copy. specs: m x {k, p, d};
 // common stride s and output size. Pointer arrays hold each op's weight / output / gradient.
@@ -881,22 +836,6 @@ Geom geom(const int64_t* v) { return Geom{v[0], v[1], v[2], v[3], v[4], v[5], v[
 // C entry points (ctypes). `g` is {h, w, k, stride, pad, dilation, ho, wo}. Suffix: element type.
 extern "C" {
 
-void dw_forward_f32(const float* x, const float* w, float* out, int64_t n, int64_t c, const int64_t* g, int relu,
-                    int t) {
-  dw_forward(x, w, out, n, c, geom(g), relu != 0, t);
-}
-void dw_forward_f64(const double* x, const double* w, double* out, int64_t n, int64_t c, const int64_t* g, int relu,
-                    int t) {
-  dw_forward(x, w, out, n, c, geom(g), relu != 0, t);
-}
-void dw_backward_f32(const float* go, const float* x, const float* w, float* gx, float* gw_part, int64_t n,
-                     int64_t c, const int64_t* g, int relu, int t) {
-  dw_backward(go, x, w, gx, gw_part, n, c, geom(g), relu != 0, t);
-}
-void dw_backward_f64(const double* go, const double* x, const double* w, double* gx, double* gw_part, int64_t n,
-                     int64_t c, const int64_t* g, int relu, int t) {
-  dw_backward(go, x, w, gx, gw_part, n, c, geom(g), relu != 0, t);
-}
 void sum_images_f32(const float* part, float* out, int64_t n, int64_t stride, int t) {
   sum_images(part, out, n, stride, t);
 }

@@ -71,8 +71,6 @@ def _library() -> ctypes.CDLL | None:
         return None
     ptr, i64, cint = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
     signatures = {
-        "dw_forward": [ptr, ptr, ptr, i64, i64, ptr, cint, cint],
-        "dw_backward": [ptr, ptr, ptr, ptr, ptr, i64, i64, ptr, cint, cint],
         "sum_images": [ptr, ptr, i64, i64, cint],
         "pw_forward": [ptr, ptr, ptr, i64, i64, i64, i64, cint, ptr, cint],
         "pw_weight_grad": [ptr, ptr, ptr, i64, i64, i64, i64, cint, cint],
@@ -155,31 +153,6 @@ def _single(v: int | Sequence[int]) -> int | None:
 
 # ---- depthwise convolution ----------------------------------------------------------------------------
 
-class _Depthwise(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, w: torch.Tensor, k: int, s: int, p: int, d: int, relu: bool) -> torch.Tensor:
-        x, w = x.contiguous(), w.contiguous()
-        n, c, h, wd = x.shape
-        ho, wo = _out_size(h, k, s, p, d), _out_size(wd, k, s, p, d)
-        geom = _geom(h, wd, k, s, p, d, ho, wo)
-        out = torch.empty(n, c, ho, wo, dtype=x.dtype)
-        _call("dw_forward", x.dtype, x, w, out, n, c, geom, int(relu), _threads())
-        ctx.save_for_backward(x, w)
-        ctx.geom, ctx.relu = geom, relu
-        return out
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad: torch.Tensor):
-        x, w = ctx.saved_tensors
-        grad = grad.contiguous()
-        n, c = x.shape[:2]
-        gx = torch.empty_like(x) if ctx.needs_input_grad[0] else None
-        part = torch.empty(n, *w.shape, dtype=x.dtype) if _weight_grad(ctx, 1) else None
-        _call("dw_backward", x.dtype, grad, x, w, gx, part, n, c, ctx.geom, int(ctx.relu), _threads())
-        return gx, _sum_images(part, w.shape), None, None, None, None, None
-
-
 class _Pointwise(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, w: torch.Tensor, relu: bool) -> torch.Tensor:
@@ -231,7 +204,7 @@ def _compiled_conv(x: torch.Tensor, weight: torch.Tensor, stride, padding, dilat
         return None
     c = x.shape[1]
     if groups == c and weight.shape[0] == c and weight.shape[1] == 1:
-        return _Depthwise.apply(x, weight, k, s, p, d, relu)
+        return _Depthwise.apply(x, ((k, p, d),), s, relu, weight)[0]
     if groups == 1 and k == 1 and p == 0:
         # a strided 1x1 convolution reads every s-th pixel: the same as a stride-1 one on the subsampled input
         return _Pointwise.apply(x if s == 1 else subsample(x, s), weight, relu)
@@ -302,6 +275,10 @@ class _DepthwiseGroup(torch.autograd.Function):
               _pointers(parts) if any(p is not None for p in parts) else None, n, c, ctx.geom, int(ctx.relu),
               _threads())
         return (gx, None, None, None, *(_sum_images(part, w.shape) for part, w in zip(parts, ws)))
+
+
+class _Depthwise(_DepthwiseGroup):
+    """One depthwise convolution: the group kernel with one op (its own name in autograd graphs)."""
 
 
 def depthwise_group(x: torch.Tensor, convs: Sequence[tuple[torch.Tensor, int, int, int]],
