@@ -198,6 +198,7 @@ def test_speed_report_measures_both(images):
     report = compare_speed(model, (3, 32, 32), batches=(1, 3), rounds=2, inputs=images)
     assert [r.batch for r in report.results] == [1, 3]
     assert all(r.dense_ms > 0 and r.packed_ms > 0 and r.max_abs_diff < TOL for r in report.results)
+    assert all(r.dense_cold_ms > 0 and r.packed_cold_ms > 0 for r in report.results)   # timed apart
     assert "conv 3x3" in report.profile and report.profile["conv 3x3"]["macs"] > 0
     assert "speed-up" in report.table() and "GMAC/s" in report.profile_table()
 

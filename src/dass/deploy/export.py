@@ -91,5 +91,6 @@ def bench_run(run_dir: str | Path, batches: tuple[int, ...], threads: int, round
 def report_dict(report: SpeedReport) -> dict:
     return {"threads": report.threads, "nonzero_macs": report.nonzero_macs,
             "results": [dict(batch=r.batch, dense_ms=r.dense_ms, packed_ms=r.packed_ms, speedup=r.speedup,
-                             max_abs_diff=r.max_abs_diff) for r in report.results],
+                             max_abs_diff=r.max_abs_diff, dense_cold_ms=r.dense_cold_ms, packed_cold_ms=r.packed_cold_ms,
+                             cold_speedup=r.cold_speedup) for r in report.results],
             "profile_batch1": report.profile}
