@@ -228,3 +228,43 @@ np.save(r"{tmp_path / 'out.npy'}", out)
     with torch.no_grad():
         ref = model(images[:2]).numpy()
     assert np.abs(np.load(tmp_path / "out.npy") - ref).max() < TOL
+
+
+class PaddedChain(nn.Module):
+    """Conv outputs read only by padded stride-1 convs (and a residual): stored padded, read in place."""
+
+    def __init__(self, pool_reader: bool):
+        super().__init__()
+        self.stem = SparseConv2d(3, 8, 3, padding=1, bias=True)
+        self.conv2 = SparseConv2d(8, 8, 3, padding=1, bias=True)
+        self.conv3 = SparseConv2d(8, 8, 3, padding=2, dilation=2, bias=True)
+        self.pool_reader = pool_reader
+
+    def forward(self, x):
+        h = F.relu(self.stem(x))
+        y = F.relu(self.conv2(h) + h)
+        out = self.conv3(y)
+        return out + F.max_pool2d(h, 3, 1, 1) if self.pool_reader else out
+
+
+@pytest.mark.parametrize("sparsity", [0.0, 0.7])
+def test_padded_storage(sparsity, images):
+    from dass.deploy.program import FIELDS
+
+    for pool_reader in (False, True):
+        model = _prune(PaddedChain(pool_reader), sparsity).eval()
+        x = F.interpolate(images[:3], size=(9, 11))   # odd sizes: tile remainders next to the border
+        prog = compile_model(model, (3, 9, 11))
+        field = lambda k, name: int(prog.instructions[k][FIELDS[name]])   # noqa: E731
+        convs = [k for k, label in enumerate(prog.labels) if label.startswith("conv")]
+        stem, conv2, conv3 = convs
+        # h feeds conv2 and its residual (and the pool when there is one); y feeds conv3 only
+        assert field(stem, "OUT_PAD") == (0 if pool_reader else 1)
+        assert field(conv2, "SCRATCH") == int(pool_reader) and field(conv2, "Y_PAD") == field(stem, "OUT_PAD")
+        assert field(conv2, "OUT_PAD") == 2 and field(conv3, "SCRATCH") == 0
+        for threads in (1, 2):
+            packed = PackedModel(prog, threads=threads)
+            with torch.no_grad():
+                ref = model(x).numpy()
+            for _ in range(2):   # the second run finds the arena dirty: borders must be written again
+                assert float(np.abs(packed(x.numpy()) - ref).max()) < TOL

@@ -20,7 +20,7 @@ from .program import N_FIELDS, Program
 from .native import library
 
 FORMAT = "dass-packed-model"
-VERSION = 1
+VERSION = 2   # 2: instructions gained the padded-storage fields
 
 
 def _ptr(a: np.ndarray) -> ctypes.c_void_p:

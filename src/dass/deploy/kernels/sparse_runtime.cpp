@@ -59,12 +59,14 @@ enum Field {
   F_HQ = 23, F_WQ = 24, F_SCRATCH = 25,            // padded/phase-split input plane; 1: build it
   F_AUX = 26, F_AUX2 = 27,                          // op-specific (pool kind, channel offset, shifts)
   F_X_IMG = 28, F_Y_IMG = 29, F_OUT_IMG = 30,      // per-image strides (floats) of x, y, out
+  F_OUT_PAD = 31,                                  // >0: out is stored zero-padded by this much (see run_conv)
   F_X_AT = 32, F_Y_AT = 33, F_OUT_AT = 34,         // offsets inside an image (a channel slice of a bigger buffer)
   F_CHANNELS = 35, F_NCHANNELS = 36,               // input channels some tap reads (int pool); only those are copied
   F_PHASES = 37,                                   // bit (a*s + b): some tap reads phase plane (a, b)
   F_IM2COL = 38,                                   // small planes: one contiguous row of output pixels per tap
   F_ROWS16 = 39,                                   // 1: unfolded 16-pixel rows, taps as 16-bit row numbers
-  N_FIELDS = 40
+  F_Y_PAD = 40,                                    // >0: the residual y is stored zero-padded by this much
+  N_FIELDS = 41
 };
 
 inline float act_apply(float v, int64_t act) {
@@ -87,7 +89,7 @@ template <> struct Unaligned<v4f> { typedef v4u type; };
 template <typename VT, int L, int V, int R>
 inline void conv_tile(const float* __restrict src, int64_t src_row, const int32_t* __restrict taps,
                       const float* __restrict w, int64_t count, float bias, float* __restrict dst,
-                      int64_t dst_row, int64_t act, const float* __restrict res) {
+                      int64_t dst_row, int64_t act, const float* __restrict res, int64_t res_row) {
   typedef typename Unaligned<VT>::type VU;
   // Small tiles have few independent accumulator chains and would wait on the multiply-add latency:
   // they take taps two at a time into two sets of accumulators.
@@ -128,7 +130,7 @@ inline void conv_tile(const float* __restrict src, int64_t src_row, const int32_
     float tmp[V * L];
     std::memcpy(tmp, sum, sizeof(tmp));
     if (res) {
-      for (int t = 0; t < V * L; ++t) dst[r * dst_row + t] = act_apply(tmp[t] + res[r * dst_row + t], act);
+      for (int t = 0; t < V * L; ++t) dst[r * dst_row + t] = act_apply(tmp[t] + res[r * res_row + t], act);
     } else {
       for (int t = 0; t < V * L; ++t) dst[r * dst_row + t] = act_apply(tmp[t], act);
     }
@@ -139,7 +141,7 @@ inline void conv_tile(const float* __restrict src, int64_t src_row, const int32_
 template <int T, int R>
 inline void conv_tile_scalar(const float* __restrict src, int64_t src_row, const int32_t* __restrict taps,
                              const float* __restrict w, int64_t count, float bias, float* __restrict dst,
-                             int64_t dst_row, int64_t act, const float* __restrict res) {
+                             int64_t dst_row, int64_t act, const float* __restrict res, int64_t res_row) {
   float acc[R][T];
   for (int r = 0; r < R; ++r)
     for (int t = 0; t < T; ++t) acc[r][t] = bias;
@@ -152,31 +154,31 @@ inline void conv_tile_scalar(const float* __restrict src, int64_t src_row, const
       for (int t = 0; t < T; ++t) acc[r][t] += wj * p[r * src_row + t];
   }
   for (int r = 0; r < R; ++r)
-    for (int t = 0; t < T; ++t) dst[r * dst_row + t] = act_apply(acc[r][t] + (res ? res[r * dst_row + t] : 0.f), act);
+    for (int t = 0; t < T; ++t) dst[r * dst_row + t] = act_apply(acc[r][t] + (res ? res[r * res_row + t] : 0.f), act);
 }
 
 template <int T, int R>
 inline void tile(const float* src, int64_t src_row, const int32_t* taps, const float* w, int64_t count, float bias,
-                 float* dst, int64_t dst_row, int64_t act, const float* res) {
+                 float* dst, int64_t dst_row, int64_t act, const float* res, int64_t res_row) {
   if constexpr (T % 8 == 0)
-    conv_tile<v8f, 8, T / 8, R>(src, src_row, taps, w, count, bias, dst, dst_row, act, res);
+    conv_tile<v8f, 8, T / 8, R>(src, src_row, taps, w, count, bias, dst, dst_row, act, res, res_row);
   else if constexpr (T == 4)
-    conv_tile<v4f, 4, 1, R>(src, src_row, taps, w, count, bias, dst, dst_row, act, res);
+    conv_tile<v4f, 4, 1, R>(src, src_row, taps, w, count, bias, dst, dst_row, act, res, res_row);
   else
-    conv_tile_scalar<T, R>(src, src_row, taps, w, count, bias, dst, dst_row, act, res);
+    conv_tile_scalar<T, R>(src, src_row, taps, w, count, bias, dst, dst_row, act, res, res_row);
 }
 
 template <int T, int R>
 inline void conv_rows(const float* src, int64_t src_row, const int32_t* taps, const float* w, int64_t count,
                       float bias, float* dst, int64_t dst_row, int64_t rows, int64_t x0, int64_t act,
-                      const float* res) {
+                      const float* res, int64_t res_row) {
   int64_t y = 0;
   for (; y + R <= rows; y += R)
     tile<T, R>(src + y * src_row + x0, src_row, taps, w, count, bias, dst + y * dst_row + x0, dst_row, act,
-               res ? res + y * dst_row + x0 : nullptr);
+               res ? res + y * res_row + x0 : nullptr, res_row);
   for (; y < rows; ++y)
     tile<T, 1>(src + y * src_row + x0, src_row, taps, w, count, bias, dst + y * dst_row + x0, dst_row, act,
-               res ? res + y * dst_row + x0 : nullptr);
+               res ? res + y * res_row + x0 : nullptr, res_row);
 }
 
 // An unfolded 4x4 output plane (16 pixels = 2 vectors) with taps given as 16-bit row numbers: 6 bytes of
@@ -206,16 +208,26 @@ inline void conv_rows16(const float* __restrict src, const uint16_t* __restrict 
   for (int t = 0; t < 16; ++t) dst[t] = act_apply(tmp[t] + (res ? res[t] : 0.f), act);
 }
 
-// All output pixels of one output channel: the row is cut into tiles of 32/16/8/4/2/1 columns.
+// All output pixels of one output channel: the row is cut into tiles of 32/16/8/4/2/1 columns. Rows of dst
+// and res are dst_row / res_row floats apart (more than wo when they are stored padded).
 void conv_channel(const float* src, int64_t src_row, const int32_t* taps, const float* w, int64_t count,
-                  float bias, float* dst, int64_t wo, int64_t ho, int64_t act, const float* res) {
+                  float bias, float* dst, int64_t dst_row, int64_t wo, int64_t ho, int64_t act, const float* res,
+                  int64_t res_row) {
   int64_t x = 0;
-  for (; x + 32 <= wo; x += 32) conv_rows<32, 2>(src, src_row, taps, w, count, bias, dst, wo, ho, x, act, res);
-  for (; x + 16 <= wo; x += 16) conv_rows<16, 4>(src, src_row, taps, w, count, bias, dst, wo, ho, x, act, res);
-  for (; x + 8 <= wo; x += 8) conv_rows<8, 4>(src, src_row, taps, w, count, bias, dst, wo, ho, x, act, res);
-  for (; x + 4 <= wo; x += 4) conv_rows<4, 4>(src, src_row, taps, w, count, bias, dst, wo, ho, x, act, res);
-  for (; x + 2 <= wo; x += 2) conv_rows<2, 4>(src, src_row, taps, w, count, bias, dst, wo, ho, x, act, res);
-  for (; x < wo; ++x) conv_rows<1, 4>(src, src_row, taps, w, count, bias, dst, wo, ho, x, act, res);
+  for (; x + 32 <= wo; x += 32) conv_rows<32, 2>(src, src_row, taps, w, count, bias, dst, dst_row, ho, x, act, res, res_row);
+  for (; x + 16 <= wo; x += 16) conv_rows<16, 4>(src, src_row, taps, w, count, bias, dst, dst_row, ho, x, act, res, res_row);
+  for (; x + 8 <= wo; x += 8) conv_rows<8, 4>(src, src_row, taps, w, count, bias, dst, dst_row, ho, x, act, res, res_row);
+  for (; x + 4 <= wo; x += 4) conv_rows<4, 4>(src, src_row, taps, w, count, bias, dst, dst_row, ho, x, act, res, res_row);
+  for (; x + 2 <= wo; x += 2) conv_rows<2, 4>(src, src_row, taps, w, count, bias, dst, dst_row, ho, x, act, res, res_row);
+  for (; x < wo; ++x) conv_rows<1, 4>(src, src_row, taps, w, count, bias, dst, dst_row, ho, x, act, res, res_row);
+}
+
+// The zero border of one output plane stored padded by p (hp x wp floats in all).
+void zero_border(float* plane, int64_t hp, int64_t wp, int64_t p) {
+  for (int64_t i = 0; i < p * wp; ++i) plane[i] = 0.f;
+  for (int64_t y = p; y < hp - p; ++y)
+    for (int64_t x = 0; x < p; ++x) plane[y * wp + x] = plane[y * wp + wp - 1 - x] = 0.f;
+  for (int64_t i = (hp - p) * wp; i < hp * wp; ++i) plane[i] = 0.f;
 }
 
 // Zero-padded, phase-split copy of one input channel: plane (a, b) holds padded pixels (q*s + a, r*s + b),
@@ -351,7 +363,8 @@ void run_conv(const int64_t* f, const Ctx& c, Counter* next) {
   const float* src = x;
   int64_t src_img = x_img;
   const bool im2col = f[F_IM2COL] != 0;
-  const int64_t plane = im2col ? f[F_K] * f[F_K] * ho * wo : (f[F_SCRATCH] ? s * s * hq * wq : h * wd);
+  // (an input stored padded by its producer has no copy: hq x wq are its padded planes)
+  const int64_t plane = im2col ? f[F_K] * f[F_K] * ho * wo : (f[F_SCRATCH] ? s * s : 1) * hq * wq;
   if (f[F_SCRATCH]) {
     const int32_t* used = c.ipool + f[F_CHANNELS];
     const int64_t nused = f[F_NCHANNELS];
@@ -381,6 +394,11 @@ void run_conv(const int64_t* f, const Ctx& c, Counter* next) {
   const int64_t row = im2col ? ho * wo : wq, tile_w = im2col ? ho * wo : wo, tile_h = im2col ? 1 : ho;
   const float* res = f[F_Y] >= 0 ? c.at(f, F_Y, F_Y_AT) : nullptr;   // a fused residual addition
   const int64_t res_img = f[F_Y_IMG];
+  // Outputs (and residuals) stored padded: planes of (ho + 2p) x (wo + 2p) with a zero border, which the
+  // consuming stride-1 convs read in place instead of making a padded copy (no copy, no barrier after it).
+  const int64_t opad = f[F_OUT_PAD], yp = f[F_Y_PAD];
+  const int64_t out_row = wo + 2 * opad, out_plane = (ho + 2 * opad) * out_row;
+  const int64_t res_row = wo + 2 * yp, res_plane = (ho + 2 * yp) * res_row;
   // Rows are (image, output channel) pairs. Each thread owns a share of equal work (a row costs its taps plus
   // a fixed overhead) and claims it in chunks from its own counter; when done, it claims what is left of the
   // other shares. (Measured on a ResNet-18 at 90% sparsity, batch 1: the equal static split was 12-14% faster
@@ -407,18 +425,23 @@ void run_conv(const int64_t* f, const Ctx& c, Counter* next) {
     const int64_t i = idx / co, o = idx % co;
     const float* base = src + i * src_img;
     const float b = bias ? bias[o] : 0.f;
-    float* dst = out + i * out_img + o * ho * wo;
-    const float* r = res ? res + i * res_img + o * ho * wo : nullptr;
+    float* dst = out + i * out_img + o * out_plane;
+    const float* r = res ? res + i * res_img + o * res_plane + yp * res_row + yp : nullptr;
+    if (opad) {
+      zero_border(dst, ho + 2 * opad, out_row, opad);
+      dst += opad * out_row + opad;
+    }
     if (dense) {
       const int64_t g = o / cout_g;
-      conv_channel(base + g * (cin / groups) * cin_plane, row, taps, weight + o * ktaps, ktaps, b, dst, tile_w,
-                   tile_h, f[F_ACT], r);
+      conv_channel(base + g * (cin / groups) * cin_plane, row, taps, weight + o * ktaps, ktaps, b, dst,
+                   out_row, tile_w, tile_h, f[F_ACT], r, res_row);
     } else if (f[F_ROWS16]) {
       const int64_t lo = rowptr[o], hi = rowptr[o + 1];
       conv_rows16(base, reinterpret_cast<const uint16_t*>(taps) + lo, weight + lo, hi - lo, b, dst, f[F_ACT], r);
     } else {
       const int64_t lo = rowptr[o], hi = rowptr[o + 1];
-      conv_channel(base, row, taps + lo, weight + lo, hi - lo, b, dst, tile_w, tile_h, f[F_ACT], r);
+      conv_channel(base, row, taps + lo, weight + lo, hi - lo, b, dst, out_row, tile_w, tile_h,
+                   f[F_ACT], r, res_row);
     }
   };
   for (int64_t step = 0; step < nth; ++step) {
