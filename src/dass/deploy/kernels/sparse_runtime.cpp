@@ -27,8 +27,7 @@
 #include <cstring>
 #include <vector>
 #include <omp.h>
-#include <pmmintrin.h>
-#include <xmmintrin.h>
+#include <immintrin.h>
 
 namespace {
 
@@ -253,6 +252,47 @@ void build_phases(const float* in, int64_t h, int64_t wd, int64_t pad, int64_t s
       for (int64_t x = pad + wd; x < wq; ++x) row[x] = 0.f;
     }
     for (int64_t i = (h + pad) * wq; i < hq * wq; ++i) out[i] = 0.f;
+    return;
+  }
+  constexpr int64_t kRow = 1024;
+  if (s == 2 && 2 * wq + 16 <= kRow) {   // common case, vectorized: pad a row once, split even/odd columns
+    float buf[kRow];
+    for (int64_t a = 0; a < 2; ++a) {
+      const bool even = (phases >> (2 * a)) & 1, odd = (phases >> (2 * a + 1)) & 1;
+      if (!even && !odd) continue;
+      float* plane0 = out + 2 * a * hq * wq;
+      float* plane1 = plane0 + hq * wq;
+      for (int64_t q = 0; q < hq; ++q) {
+        const int64_t y = 2 * q + a - pad;
+        float* row0 = plane0 + q * wq;
+        float* row1 = plane1 + q * wq;
+        if (y < 0 || y >= h) {
+          for (int64_t r = 0; r < wq; ++r) {
+            if (even) row0[r] = 0.f;
+            if (odd) row1[r] = 0.f;
+          }
+          continue;
+        }
+        const float* src = in + y * wd;
+        const int64_t inside = std::min(wd, 2 * wq - pad);
+        for (int64_t c = 0; c < pad; ++c) buf[c] = 0.f;
+        for (int64_t x = 0; x < inside; ++x) buf[pad + x] = act_apply(src[x], in_act);
+        for (int64_t c = pad + inside; c < 2 * wq + 16; ++c) buf[c] = 0.f;
+        int64_t r = 0;
+        for (; r + 8 <= wq; r += 8) {
+          const __m256 lo = _mm256_loadu_ps(buf + 2 * r), hi = _mm256_loadu_ps(buf + 2 * r + 8);
+          // shuffle: [lo0 lo2 hi0 hi2 | lo4 lo6 hi4 hi6]; the 64-bit permute puts the pairs in order
+          const __m256 ev = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(lo, hi, 0x88)), 0xD8));
+          const __m256 od = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(lo, hi, 0xDD)), 0xD8));
+          if (even) _mm256_storeu_ps(row0 + r, ev);
+          if (odd) _mm256_storeu_ps(row1 + r, od);
+        }
+        for (; r < wq; ++r) {
+          if (even) row0[r] = buf[2 * r];
+          if (odd) row1[r] = buf[2 * r + 1];
+        }
+      }
+    }
     return;
   }
   for (int64_t a = 0; a < s; ++a)
