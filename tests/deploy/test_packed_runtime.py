@@ -129,6 +129,24 @@ class Mixed(nn.Module):
         return self.fc(F.adaptive_avg_pool2d(z, 1).flatten(1))
 
 
+class Pool(nn.Module):
+    def __init__(self, pool: nn.Module):
+        super().__init__()
+        self.stem = SparseConv2d(3, 5, 1, bias=True)
+        self.pool = pool
+
+    def forward(self, x):
+        return F.relu(self.pool(self.stem(x)))   # the ReLU fuses into the pool's store
+
+
+@pytest.mark.parametrize("k,s,p", [(3, 1, 1), (3, 2, 1), (2, 2, 0), (3, 3, 0), (5, 1, 2), (5, 2, 2), (3, 2, 0)])
+@pytest.mark.parametrize("kind", ["max", "avg", "avg_exclude_pad"])
+def test_pools(kind, k, s, p, images):
+    pool = nn.MaxPool2d(k, s, p) if kind == "max" else nn.AvgPool2d(k, s, p, count_include_pad=kind == "avg")
+    x = F.interpolate(images[:2], size=(11, 13))   # odd, non-square: windows cut by every border
+    assert _check(Pool(pool), x) < TOL
+
+
 def test_pools_concat_crop_pad_linear(images):
     model = _prune(Mixed(), 0.5)
     calibrate_batchnorm(model, images)
