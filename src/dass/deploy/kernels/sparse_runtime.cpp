@@ -260,9 +260,16 @@ void build_phases(const float* in, int64_t h, int64_t wd, int64_t pad, int64_t s
     for (int64_t i = (h + pad) * wq; i < hq * wq; ++i) out[i] = 0.f;
     return;
   }
-  constexpr int64_t kRow = 1024;
-  if (s == 2 && 2 * wq + 16 <= kRow) {   // common case, vectorized: pad a row once, split even/odd columns
-    float buf[kRow];
+  if (s == 2) {   // common case, vectorized: 16 source columns at a time split into even and odd columns
+    // (straight from the source row: through a padded row buffer, the loads waited for its scalar stores)
+    const __m256 zero = _mm256_setzero_ps(), six = _mm256_set1_ps(6.f);
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), eight = _mm256_set1_epi32(8);
+    const __m256i first = _mm256_set1_epi32(static_cast<int>(pad - 1)), end = _mm256_set1_epi32(static_cast<int>(pad + wd));
+    auto act8 = [&](__m256 v) {
+      if (in_act == ACT_RELU) return _mm256_max_ps(v, zero);
+      if (in_act == ACT_RELU6) return _mm256_min_ps(_mm256_max_ps(v, zero), six);
+      return v;
+    };
     for (int64_t a = 0; a < 2; ++a) {
       const bool even = (phases >> (2 * a)) & 1, odd = (phases >> (2 * a + 1)) & 1;
       if (!even && !odd) continue;
@@ -273,29 +280,30 @@ void build_phases(const float* in, int64_t h, int64_t wd, int64_t pad, int64_t s
         float* row0 = plane0 + q * wq;
         float* row1 = plane1 + q * wq;
         if (y < 0 || y >= h) {
-          for (int64_t r = 0; r < wq; ++r) {
-            if (even) row0[r] = 0.f;
-            if (odd) row1[r] = 0.f;
-          }
+          for (int64_t r = 0; even && r < wq; ++r) row0[r] = 0.f;
+          for (int64_t r = 0; odd && r < wq; ++r) row1[r] = 0.f;
           continue;
         }
-        const float* src = in + y * wd;
-        const int64_t inside = std::min(wd, 2 * wq - pad);
-        for (int64_t c = 0; c < pad; ++c) buf[c] = 0.f;
-        for (int64_t x = 0; x < inside; ++x) buf[pad + x] = act_apply(src[x], in_act);
-        for (int64_t c = pad + inside; c < 2 * wq + 16; ++c) buf[c] = 0.f;
-        int64_t r = 0;
-        for (; r + 8 <= wq; r += 8) {
-          const __m256 lo = _mm256_loadu_ps(buf + 2 * r), hi = _mm256_loadu_ps(buf + 2 * r + 8);
+        const float* src = in + y * wd - pad;   // src[c]: padded column c, valid for pad <= c < pad + wd
+        // outputs r .. r + 7 come from padded columns 2r .. 2r + 15: masked loads give the zero padding (and
+        // never touch memory outside the row), a masked store ends the row
+        for (int64_t r = 0; r < wq; r += 8) {
+          const __m256i c_lo = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(2 * r)), lane);
+          const __m256i c_hi = _mm256_add_epi32(c_lo, eight);
+          auto inside = [&](__m256i c) { return _mm256_and_si256(_mm256_cmpgt_epi32(c, first), _mm256_cmpgt_epi32(end, c)); };
+          const __m256 lo = act8(_mm256_maskload_ps(src + 2 * r, inside(c_lo)));
+          const __m256 hi = act8(_mm256_maskload_ps(src + 2 * r + 8, inside(c_hi)));
           // shuffle: [lo0 lo2 hi0 hi2 | lo4 lo6 hi4 hi6]; the 64-bit permute puts the pairs in order
           const __m256 ev = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(lo, hi, 0x88)), 0xD8));
           const __m256 od = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(lo, hi, 0xDD)), 0xD8));
-          if (even) _mm256_storeu_ps(row0 + r, ev);
-          if (odd) _mm256_storeu_ps(row1 + r, od);
-        }
-        for (; r < wq; ++r) {
-          if (even) row0[r] = buf[2 * r];
-          if (odd) row1[r] = buf[2 * r + 1];
+          if (r + 8 <= wq) {
+            if (even) _mm256_storeu_ps(row0 + r, ev);
+            if (odd) _mm256_storeu_ps(row1 + r, od);
+          } else {
+            const __m256i keep = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(wq - r)), lane);
+            if (even) _mm256_maskstore_ps(row0 + r, keep, ev);
+            if (odd) _mm256_maskstore_ps(row1 + r, keep, od);
+          }
         }
       }
     }
