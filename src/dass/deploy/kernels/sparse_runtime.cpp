@@ -384,6 +384,13 @@ void build_im2col(const float* in, int64_t h, int64_t wd, int64_t k, int64_t s, 
     const float* src = in + y * wd;
     for (int64_t x = 0; x < wd; ++x) row[x] = act_apply(src[x], in_act);
   }
+  if (s == 1 && wo == 4) {   // the 4x4 planes of ResNet-18's last stage: one 4-float vector per output row
+    for (int64_t ky = 0; ky < k; ++ky)
+      for (int64_t kx = 0; kx < k; ++kx)
+        for (int64_t oy = 0; oy < ho; ++oy)
+          _mm_storeu_ps(out + ((ky * k + kx) * ho + oy) * 4, _mm_loadu_ps(padded + (oy + ky * dil) * wp + kx * dil));
+    return;
+  }
   for (int64_t ky = 0; ky < k; ++ky)
     for (int64_t kx = 0; kx < k; ++kx)
       for (int64_t oy = 0; oy < ho; ++oy) {
