@@ -286,3 +286,35 @@ def test_padded_storage(sparsity, images):
                 ref = model(x).numpy()
             for _ in range(2):   # the second run finds the arena dirty: borders must be written again
                 assert float(np.abs(packed(x.numpy()) - ref).max()) < TOL
+
+
+class SharedCopies(nn.Module):
+    """Three strided convs of one input: the 1x1 can read the 3x3's padded copy (shifted by one), the 5x5
+    (more padding than that copy has) and the dilated 3x3 (an in-place ReLU first: another input) cannot."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = SparseConv2d(3, 8, 1, bias=True)
+        self.a = SparseConv2d(8, 6, 3, stride=2, padding=1, bias=True)
+        self.b = SparseConv2d(8, 6, 1, stride=2, bias=True)
+        self.c = SparseConv2d(8, 6, 5, stride=2, padding=2, bias=True)
+        self.d = SparseConv2d(8, 6, 3, stride=2, padding=2, dilation=2, bias=True)
+
+    def forward(self, x):
+        h = self.stem(x)
+        return self.a(h) + self.b(h) + self.c(h) + self.d(F.relu(h))
+
+
+@pytest.mark.parametrize("sparsity", [0.0, 0.7])
+def test_shared_padded_copies(sparsity, images):
+    from dass.deploy.program import FIELDS
+
+    model = _prune(SharedCopies(), sparsity).eval()
+    x = F.interpolate(images[:3], size=(13, 11))
+    prog = compile_model(model, (3, 13, 11))
+    scratch = [int(r[FIELDS["SCRATCH"]]) for r, label in zip(prog.instructions, prog.labels) if label != "add"]
+    assert scratch == [0, 1, 2, 1, 1]   # stem, a (copies), b (reads a's copy), c and d (copy their own)
+    for threads in (1, 2):
+        with torch.no_grad():
+            ref = model(x).numpy()
+        assert float(np.abs(PackedModel(prog, threads=threads)(x.numpy()) - ref).max()) < TOL

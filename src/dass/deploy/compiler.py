@@ -31,6 +31,7 @@ IM2COL_MAX_PADDED = 1024  # floats: the runtime unfolds through a padded copy of
 ROWS16 = True           # unfolded 4x4 layers store taps as 16-bit row numbers
 ALIGN = 16              # floats: arena buffers start on cache lines
 PAD_VALUES = True       # conv outputs read only by convs are stored padded (no copy in the readers)
+SHARE_COPIES = True     # a conv reads the padded copy the previous one made of the same input
 
 
 def _shape(node: torch.fx.Node) -> tuple[int, ...]:
@@ -419,6 +420,65 @@ def _pad_values(low: _Lowering, keep: set[int]) -> None:
                 val.pad = pads.pop()
 
 
+def _copy_geometry(op: IROp, x: Value, out: Value) -> tuple[int, int] | None:
+    """(hq, wq) of each phase plane of the padded, phase-split copy this conv makes of its input; None when it
+    reads its input in place or unfolds it."""
+    p, k = op.params, op.params["weight"].shape[-1]
+    s, pad, d = p["stride"], p["pad"], p["dil"]
+    if x.pad or _unfolds(op, x, out) or not (s > 1 or pad > 0 or p.get("in_act") is not None):
+        return None
+    _, h, wd = x.shape
+    if s == 1:
+        return h + 2 * pad, wd + 2 * pad
+    reach = ((k - 1) * d) // s
+    return max(-(-(h + 2 * pad) // s), out.shape[1] + reach), max(-(-(wd + 2 * pad) // s), out.shape[2] + reach)
+
+
+def _share_copies(low: _Lowering) -> None:
+    """Let a conv read the padded copy that the previous copying conv made of the same input, when its taps
+    fall inside it: a ResNet downsampling block's 1x1 shortcut reads the copy of its 3x3 conv (a copy with
+    more padding serves one with less, shifted). The runtime then skips that copy and the barrier after it."""
+    last = None   # the latest conv that writes the shared copy buffer, and its geometry
+    for op in low.ops:
+        if op.kind != "conv":
+            continue
+        x, out = low.values[op.inputs[0]], low.values[op.output]
+        geometry = _copy_geometry(op, x, out)
+        if geometry is None:
+            if _unfolds(op, x, out):
+                last = None   # its unfolded copy overwrites the buffer
+            continue
+        if last is not None:
+            a, (hq, wq) = last
+            pa, pb = a.params, op.params
+            k, d, s, shift = pb["weight"].shape[-1], pb["dil"], pb["stride"], pa["pad"] - pb["pad"]
+            reach = ((k - 1) * d + shift) // s
+            if (a.inputs[0] == op.inputs[0] and pa["stride"] == s and pa.get("in_act") == pb.get("in_act")
+                    and shift >= 0 and out.shape[1] + reach <= hq and out.shape[2] + reach <= wq):
+                pb["copy_of"] = (hq, wq, shift)
+                pa.setdefault("copy_for", []).append(op)
+                continue
+        last = (op, geometry)
+
+
+def _used_channels(op: IROp, dense: bool, cin: int) -> np.ndarray:
+    """Input channels some tap reads: only those get a padded copy (at 99% most channels of a depthwise layer
+    have no weight left; the dense layout reads every tap, zeros included, so it copies every channel)."""
+    w, groups = op.params["weight"], op.params["groups"]
+    co, cin_g, k, _ = w.shape
+    if dense:
+        return np.arange(cin)
+    return np.flatnonzero(np.abs(w).reshape(groups, co // groups, cin_g, k * k).sum(axis=(1, 3)).reshape(-1))
+
+
+def _phases(op: IROp, shift: int = 0) -> int:
+    """Bit (a*s + b): some tap reads phase plane (a, b) of the copy."""
+    p, k = op.params, op.params["weight"].shape[-1]
+    s, d = p["stride"], p["dil"]
+    offsets = {(y * d + shift) % s for y in range(k)}
+    return sum(1 << int(a * s + b) for a in offsets for b in offsets)
+
+
 def _plan_arena(low: _Lowering, keep: set[int]) -> tuple[dict[int, int], int]:
     """Per-image arena offsets of the buffers: a buffer's memory is reused once its last reader has run."""
     size: dict[int, int] = {}
@@ -475,6 +535,7 @@ def _conv_fields(op: IROp, x: Value, out: Value, y: Value | None, pools: _Pools,
     cin, h, wd = x.shape
     _, ho, wo = out.shape
     copy = (s > 1 or pad > 0 or p.get("in_act") is not None) and not x.pad
+    shared = p.get("copy_of")   # (hq, wq, shift): read the copy an earlier conv made
     if x.pad and (x.pad != pad or s != 1 or p.get("in_act") is not None):
         raise DassError("internal: a padded value read by a conv that cannot read it in place")
     # small output planes: unfold the input (one contiguous row per tap) instead of padded 2-D tiles
@@ -486,7 +547,10 @@ def _conv_fields(op: IROp, x: Value, out: Value, y: Value | None, pools: _Pools,
         ky, kx = np.meshgrid(np.arange(k), np.arange(k), indexing="ij")
         tap_yx = (ky * k + kx) * ho * wo
     else:
-        if copy:
+        shift = 0
+        if shared:
+            hq, wq, shift = shared
+        elif copy:
             reach = ((k - 1) * d) // s
             hq = max(-(-(h + 2 * pad) // s), ho + reach)
             wq = max(-(-(wd + 2 * pad) // s), wo + reach)
@@ -496,13 +560,15 @@ def _conv_fields(op: IROp, x: Value, out: Value, y: Value | None, pools: _Pools,
             hq, wq = h + 2 * x.pad, wd + 2 * x.pad
         plane = s * s * hq * wq
         ky, kx = np.meshgrid(np.arange(k), np.arange(k), indexing="ij")
-        tap_yx = (((ky * d) % s) * s + (kx * d) % s) * hq * wq + ((ky * d) // s) * wq + (kx * d) // s
+        ky, kx = ky * d + shift, kx * d + shift   # padded rows and columns, in the copy's padding
+        tap_yx = ((ky % s) * s + kx % s) * hq * wq + (ky // s) * wq + kx // s
     table = (np.arange(cin_g)[:, None] * plane + tap_yx.ravel()[None, :]).ravel()  # relative to the group's channel 0
     flat = w.reshape(co, -1)
     nnz = int(np.count_nonzero(flat))
     density = nnz / max(1, flat.size)
     fields = dict(C=cin, H=h, W=wd, CO=co, HO=ho, WO=wo, K=k, STRIDE=s, PAD=pad, DIL=d, GROUPS=groups,
-                  ACT=ACTS[p.get("act")], IN_ACT=ACTS[p.get("in_act")], HQ=hq, WQ=wq, SCRATCH=int(copy),
+                  ACT=ACTS[p.get("act")], IN_ACT=ACTS[p.get("in_act")], HQ=hq, WQ=wq,
+                  SCRATCH=2 if shared else int(copy),
                   IM2COL=int(im2col), OUT_PAD=out.pad, Y_PAD=y.pad if y is not None else 0,
                   BIAS=pools.f(p["bias"]) if p["bias"] is not None else -1)
     if density >= dense_threshold:
@@ -518,15 +584,18 @@ def _conv_fields(op: IROp, x: Value, out: Value, y: Value | None, pools: _Pools,
             offsets = np.concatenate([packed, np.zeros(packed.size % 2, np.uint16)]).view(np.int32)
         fields.update(ROWS16=int(rows16), DENSE=0, KTAPS=0, WEIGHT=pools.f(flat[rows, cols]), TAPS=pools.i(offsets),
                       ROWPTR=pools.i(rowptr))
-    # input channels that some tap reads: only those get a padded copy (at 99% most channels of a
-    # depthwise layer have no weight left)
-    # (the dense layout reads every tap, zeros included, so it copies every channel)
-    used = np.arange(cin) if fields["DENSE"] else \
-        np.flatnonzero(np.abs(w).reshape(groups, co // groups, cin_g, k * k).sum(axis=(1, 3)).reshape(-1))
-    fields.update(CHANNELS=pools.i(used), NCHANNELS=used.size,
-                  PHASES=sum(1 << int(a * s + b) for a in {(y * d) % s for y in range(k)} for b in {(x * d) % s for x in range(k)}))
-    scratch = cin * plane if copy else 0
+    used, phases = _used_channels(op, bool(fields["DENSE"]), cin), _phases(op)
+    for other in p.get("copy_for", []):   # the copy also serves these later convs
+        used = np.union1d(used, _used_channels(other, _density(other) >= dense_threshold, cin))
+        phases |= _phases(other, other.params["copy_of"][2])
+    fields.update(CHANNELS=pools.i(used), NCHANNELS=used.size, PHASES=phases)
+    scratch = cin * plane if copy or shared else 0
     return fields, scratch, nnz * ho * wo
+
+
+def _density(op: IROp) -> float:
+    w = op.params["weight"]
+    return np.count_nonzero(w) / max(1, w.size)
 
 
 def _label(op: IROp, x: Value) -> str:
@@ -555,6 +624,8 @@ def compile_model(model: nn.Module, input_shape: tuple[int, int, int],
     keep = {low.values[low.output_id].buffer, low.values[low.input_id].buffer}
     if PAD_VALUES:
         _pad_values(low, keep)
+    if SHARE_COPIES:
+        _share_copies(low)
     offsets, top = _plan_arena(low, keep)
     pools = _Pools()
     pools.f(np.zeros(1, np.float32))
