@@ -318,3 +318,19 @@ def test_shared_padded_copies(sparsity, images):
         with torch.no_grad():
             ref = model(x).numpy()
         assert float(np.abs(PackedModel(prog, threads=threads)(x.numpy()) - ref).max()) < TOL
+
+
+def test_private_unfold_per_thread(images):
+    """Stride-1 convs on 4x4 planes unfold into a copy per thread; the scratch follows the thread count."""
+    from dass.deploy.program import FIELDS
+
+    model = _prune(Single(*CONVS["conv3x3"], act="relu"), 0.8).eval()
+    x = images[:3, :, :4, :4].contiguous()
+    prog = compile_model(model, (3, 4, 4))
+    assert 3 in prog.instructions[:, FIELDS["SCRATCH"]] and prog.private_scratch_size > 0
+    packed = PackedModel(prog, threads=1)
+    with torch.no_grad():
+        ref = model(x).numpy()
+    for threads in (1, 2, 1, 2):   # the second thread needs its own copy: the buffers grow with the threads
+        packed.threads = threads
+        assert float(np.abs(packed(x.numpy()) - ref).max()) < TOL

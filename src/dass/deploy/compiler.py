@@ -32,6 +32,7 @@ ROWS16 = True           # unfolded 4x4 layers store taps as 16-bit row numbers
 ALIGN = 16              # floats: arena buffers start on cache lines
 PAD_VALUES = True       # conv outputs read only by convs are stored padded (no copy in the readers)
 SHARE_COPIES = True     # a conv reads the padded copy the previous one made of the same input
+PRIVATE_UNFOLD = True   # stride-1 convs on small planes unfold into per-thread copies
 
 
 def _shape(node: torch.fx.Node) -> tuple[int, ...]:
@@ -568,7 +569,7 @@ def _conv_fields(op: IROp, x: Value, out: Value, y: Value | None, pools: _Pools,
     density = nnz / max(1, flat.size)
     fields = dict(C=cin, H=h, W=wd, CO=co, HO=ho, WO=wo, K=k, STRIDE=s, PAD=pad, DIL=d, GROUPS=groups,
                   ACT=ACTS[p.get("act")], IN_ACT=ACTS[p.get("in_act")], HQ=hq, WQ=wq,
-                  SCRATCH=2 if shared else int(copy),
+                  SCRATCH=2 if shared else (3 if copy and _private_unfold(op, im2col) else int(copy)),
                   IM2COL=int(im2col), OUT_PAD=out.pad, Y_PAD=y.pad if y is not None else 0,
                   BIAS=pools.f(p["bias"]) if p["bias"] is not None else -1)
     if density >= dense_threshold:
@@ -591,6 +592,11 @@ def _conv_fields(op: IROp, x: Value, out: Value, y: Value | None, pools: _Pools,
     fields.update(CHANNELS=pools.i(used), NCHANNELS=used.size, PHASES=phases)
     scratch = cin * plane if copy or shared else 0
     return fields, scratch, nnz * ho * wo
+
+
+def _private_unfold(op: IROp, im2col: bool) -> bool:
+    """Stride-1 k x k convs on small planes unfold their input into a copy of each thread's own."""
+    return PRIVATE_UNFOLD and im2col and op.params["stride"] == 1 and op.params["weight"].shape[-1] > 1
 
 
 def _density(op: IROp) -> float:
@@ -631,7 +637,7 @@ def compile_model(model: nn.Module, input_shape: tuple[int, int, int],
     pools.f(np.zeros(1, np.float32))
     pools.i(np.zeros(1, np.int32))
     rows, labels, macs = [], [], []
-    scratch = 0
+    scratch = private = 0
     for op in low.ops:
         ins = [low.values[v] for v in op.inputs]
         out = low.values[op.output]
@@ -649,7 +655,10 @@ def compile_model(model: nn.Module, input_shape: tuple[int, int, int],
         mac = 0
         if op.kind == "conv":
             fields, need, mac = _conv_fields(op, x, out, ins[1] if len(ins) > 1 else None, pools, dense_threshold)
-            scratch = max(scratch, need)
+            if fields["SCRATCH"] == 3:
+                private = max(private, need)
+            else:
+                scratch = max(scratch, need)
         elif op.kind == "act":
             fields["ACT"] = ACTS[op.params["act"]]
         elif op.kind == "affine":
@@ -667,7 +676,7 @@ def compile_model(model: nn.Module, input_shape: tuple[int, int, int],
         fpool=np.concatenate(pools.floats), ipool=np.concatenate(pools.ints), arena_size=top,
         scratch_size=scratch, input_offset=offsets[inp.buffer], input_shape=inp.shape,
         output_offset=offsets[outv.buffer], output_shape=outv.shape, labels=labels, macs=macs,
-        output_dims=low.output_dims)
+        output_dims=low.output_dims, private_scratch_size=private)
 
 
 def _row(kind: str, x: Value, y: Value | None, out: Value, offsets: dict[int, int], **fields) -> np.ndarray:

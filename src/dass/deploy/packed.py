@@ -49,7 +49,7 @@ class PackedModel:
         self._instructions = np.ascontiguousarray(program.instructions, np.int64)
         self._fpool = np.ascontiguousarray(program.fpool, np.float32)
         self._ipool = np.ascontiguousarray(program.ipool, np.int32)
-        self._batch = 0
+        self._shape = (0, 0)   # (batch, threads) the buffers are sized for
         self._arena = np.zeros(0, np.float32)
         self._scratch = np.zeros(1, np.float32)
 
@@ -58,10 +58,11 @@ class PackedModel:
         return self.program.input_shape
 
     def _buffers(self, batch: int) -> None:
-        if batch != self._batch:
-            self._arena = _aligned_zeros(self.program.arena_size * batch)
-            self._scratch = _aligned_zeros(self.program.scratch_size * batch)
-            self._batch = batch
+        if (batch, self.threads) != self._shape:
+            p = self.program
+            self._arena = _aligned_zeros(p.arena_size * batch)
+            self._scratch = _aligned_zeros(max(p.scratch_size, max(1, self.threads) * p.private_scratch_size) * batch)
+            self._shape = (batch, self.threads)
 
     def _run(self, x: np.ndarray, times: np.ndarray | None) -> np.ndarray:
         x = np.asarray(x, dtype=np.float32)
@@ -112,6 +113,7 @@ class PackedModel:
     def save(self, path: str | Path) -> Path:
         p = self.program
         meta = dict(format=FORMAT, version=VERSION, arena_size=p.arena_size, scratch_size=p.scratch_size,
+                    private_scratch_size=p.private_scratch_size,
                     input_offset=p.input_offset, input_shape=list(p.input_shape), output_offset=p.output_offset,
                     output_shape=list(p.output_shape), output_dims=list(p.output_dims), labels=p.labels, macs=p.macs)
 
@@ -143,5 +145,5 @@ class PackedModel:
         program = Program(arrays["instructions"], arrays["fpool"], arrays["ipool"], meta["arena_size"],
                           meta["scratch_size"], meta["input_offset"], tuple(meta["input_shape"]),
                           meta["output_offset"], tuple(meta["output_shape"]), meta["labels"], meta["macs"],
-                          tuple(meta["output_dims"]))
+                          tuple(meta["output_dims"]), int(meta.get("private_scratch_size", 0)))
         return cls(program, threads)

@@ -33,6 +33,7 @@ class Program:
     labels: list[str]            # per instruction, for profiles
     macs: list[int]              # nonzero multiply-adds per instruction and image
     output_dims: tuple[int, ...]  # the model's per-image output shape, e.g. (classes,)
+    private_scratch_size: int = 0  # floats per image and thread (convs that unfold into a copy of their own)
 
     @property
     def output_size(self) -> int:
