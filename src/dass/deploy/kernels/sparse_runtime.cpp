@@ -534,7 +534,8 @@ void run_conv(const int64_t* f, const Ctx& c, Counter* next) {
 // rows are reduced over k columns at every column (stride 1, so that the loops vectorize) and columns over k
 // rows at the output rows only; a stride > 1 picks every s-th column of that. (The window-per-pixel loop
 // with bounds tests that this replaces took 12 ns per output of a stride-2 3x3 pool, most of the DASS
-// network's time at 99% sparsity.) `buf` holds (h + 2p) x (w + 2p) + (h + 2p) x (w + 2p) + (w + 2p) floats.
+// network's time at 99% sparsity.) `buf` holds 2 (h + 2p) (w + 2p) + (w + 2p) + wo floats. Each pass is a
+// plain loop (the activation and the divisor outside the loops), so that all of them vectorize.
 __attribute__((optimize("no-tree-loop-distribute-patterns")))
 void pool_plane(const float* in, float* dst, float* buf, int64_t h, int64_t wd, int64_t ho, int64_t wo, int64_t k,
                 int64_t s, int64_t p, int64_t kind, int64_t act) {
@@ -544,6 +545,9 @@ void pool_plane(const float* in, float* dst, float* buf, int64_t h, int64_t wd, 
   float* padded = buf;
   float* rows = padded + hp * wp;     // rows[y][x]: reduction of padded[y][x .. x + k)
   float* col = rows + hp * wp;        // one output row before the stride
+  float* cols_in = col + wp;          // per output column: window columns inside the plane
+  for (int64_t xo = 0; xo < wo; ++xo)
+    cols_in[xo] = static_cast<float>(std::min<int64_t>(xo * s + k, p + wd) - std::max<int64_t>(xo * s, p));
   for (int64_t i = 0; i < p * wp; ++i) padded[i] = neutral;
   for (int64_t y = 0; y < h; ++y) {
     float* row = padded + (y + p) * wp;
@@ -551,41 +555,45 @@ void pool_plane(const float* in, float* dst, float* buf, int64_t h, int64_t wd, 
     for (int64_t x = 0; x < wd; ++x) row[p + x] = in[y * wd + x];
   }
   for (int64_t i = (h + p) * wp; i < hp * wp; ++i) padded[i] = neutral;
-  for (int64_t y = 0; y < hp; ++y) {
-    const float* src = padded + y * wp;
-    float* r = rows + y * wp;
-    for (int64_t x = 0; x < wr; ++x) r[x] = src[x];
-    for (int64_t j = 1; j < k; ++j) {
-      if (is_max) {
-        for (int64_t x = 0; x < wr; ++x) r[x] = src[x + j] > r[x] ? src[x + j] : r[x];
-      } else {
-        for (int64_t x = 0; x < wr; ++x) r[x] += src[x + j];
+  // k-wide reductions of 8 neighbouring windows at a time, in registers (a pass per tap over short rows
+  // spent more on loop overhead than on the arithmetic)
+  auto reduce = [&](const float* src, int64_t step, int64_t count, float* out) {
+    int64_t x = 0;
+    for (; x + 8 <= count; x += 8) {
+      __m256 v = _mm256_loadu_ps(src + x);
+      for (int64_t j = 1; j < k; ++j) {
+        const __m256 u = _mm256_loadu_ps(src + x + j * step);
+        v = is_max ? _mm256_max_ps(v, u) : _mm256_add_ps(v, u);
       }
+      _mm256_storeu_ps(out + x, v);
     }
-  }
+    for (; x < count; ++x) {
+      float v = src[x];
+      for (int64_t j = 1; j < k; ++j) v = is_max ? (src[x + j * step] > v ? src[x + j * step] : v) : v + src[x + j * step];
+      out[x] = v;
+    }
+  };
+  for (int64_t y = 0; y < hp; ++y) reduce(padded + y * wp, 1, wr, rows + y * wp);
   for (int64_t yo = 0; yo < ho; ++yo) {
     const int64_t y0 = yo * s;
-    for (int64_t x = 0; x < wr; ++x) col[x] = rows[y0 * wp + x];
-    for (int64_t j = 1; j < k; ++j) {
-      const float* r = rows + (y0 + j) * wp;
-      if (is_max) {
-        for (int64_t x = 0; x < wr; ++x) col[x] = r[x] > col[x] ? r[x] : col[x];
-      } else {
-        for (int64_t x = 0; x < wr; ++x) col[x] += r[x];
-      }
-    }
+    reduce(rows + y0 * wp, wp, wr, col);
     float* d = dst + yo * wo;
-    if (kind == 0) {
-      for (int64_t xo = 0; xo < wo; ++xo) d[xo] = act_apply(col[xo * s], act);
-    } else if (kind == 2) {   // average counting the padding
+    if (s == 1) {
+      for (int64_t xo = 0; xo < wo; ++xo) d[xo] = col[xo];
+    } else {
+      for (int64_t xo = 0; xo < wo; ++xo) d[xo] = col[xo * s];
+    }
+    if (kind == 2) {          // average counting the padding
       const float n = static_cast<float>(k * k);
-      for (int64_t xo = 0; xo < wo; ++xo) d[xo] = act_apply(col[xo * s] / n, act);
-    } else {                  // average over the window's pixels inside the plane
-      const int64_t ya = std::max<int64_t>(y0, p), yb = std::min<int64_t>(y0 + k, p + h);
-      for (int64_t xo = 0; xo < wo; ++xo) {
-        const int64_t x0 = xo * s, xa = std::max<int64_t>(x0, p), xb = std::min<int64_t>(x0 + k, p + wd);
-        d[xo] = act_apply(col[x0] / static_cast<float>((yb - ya) * (xb - xa)), act);
-      }
+      for (int64_t xo = 0; xo < wo; ++xo) d[xo] /= n;
+    } else if (kind == 1) {   // average over the window's pixels inside the plane
+      const float rows_in = static_cast<float>(std::min<int64_t>(y0 + k, p + h) - std::max<int64_t>(y0, p));
+      for (int64_t xo = 0; xo < wo; ++xo) d[xo] /= rows_in * cols_in[xo];
+    }
+    if (act == ACT_RELU) {
+      for (int64_t xo = 0; xo < wo; ++xo) d[xo] = d[xo] > 0.f ? d[xo] : 0.f;
+    } else if (act == ACT_RELU6) {
+      for (int64_t xo = 0; xo < wo; ++xo) d[xo] = act_apply(d[xo], ACT_RELU6);
     }
   }
 }
@@ -597,7 +605,7 @@ void run_pool(const int64_t* f, const Ctx& c) {
   const float* x = c.at(f, F_X, F_X_AT);
   float* out = c.at(f, F_OUT, F_OUT_AT);
   const int64_t hp = h + 2 * p, wp = wd + 2 * p;
-  std::vector<float> buf(static_cast<size_t>(2 * hp * wp + wp));   // per thread and instruction
+  std::vector<float> buf(static_cast<size_t>(2 * hp * wp + wp + wo));   // per thread and instruction
 #pragma omp for schedule(static) collapse(2) nowait
   for (int64_t i = 0; i < n; ++i)
     for (int64_t cc = 0; cc < ch; ++cc)
