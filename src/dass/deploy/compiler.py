@@ -10,7 +10,6 @@ arrays that run without PyTorch.
 
 from __future__ import annotations
 
-import math
 import operator
 from dataclasses import dataclass, field
 
@@ -400,7 +399,7 @@ def _unfolds(op: IROp, x: Value, out: Value) -> bool:
 def _pad_values(low: _Lowering, keep: set[int]) -> None:
     """Store a conv's output zero-padded when every reader can take it so: stride-1 convs with that padding
     read it in place of their padded copy (no copy, no barrier after it), residual additions through a row
-    stride. Measured: 2-3% of a ResNet-18's time at 90% sparsity went to those copies, more to waiting for them."""
+    stride. (Measured: 5% faster ResNet-18 at 90% sparsity, batch 1, A/B in one process.)"""
     producer = {op.output: op for op in low.ops}
     for v, src in producer.items():
         val = low.values[v]
@@ -552,11 +551,7 @@ def _conv_fields(op: IROp, x: Value, out: Value, y: Value | None, pools: _Pools,
         if shared:
             hq, wq, shift = shared
         elif copy:
-            reach = ((k - 1) * d) // s
-            hq = max(-(-(h + 2 * pad) // s), ho + reach)
-            wq = max(-(-(wd + 2 * pad) // s), wo + reach)
-            if s == 1:
-                hq, wq = h + 2 * pad, wd + 2 * pad
+            hq, wq = _copy_geometry(op, x, out)
         else:   # read in place (already padded by its producer, or no padding)
             hq, wq = h + 2 * x.pad, wd + 2 * x.pad
         plane = s * s * hq * wq
