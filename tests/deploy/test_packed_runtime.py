@@ -273,8 +273,10 @@ def test_padded_storage(sparsity, images):
         model = _prune(PaddedChain(pool_reader), sparsity).eval()
         x = F.interpolate(images[:3], size=(9, 11))   # odd sizes: tile remainders next to the border
         prog = compile_model(model, (3, 9, 11))
+
         def field(k: int, name: str, prog=prog) -> int:
             return int(prog.instructions[k][FIELDS[name]])
+
         convs = [k for k, label in enumerate(prog.labels) if label.startswith("conv")]
         stem, conv2, conv3 = convs
         # h feeds conv2 and its residual (and the pool when there is one); y feeds conv3 only
