@@ -459,24 +459,22 @@ void run_conv(const int64_t* f, const Ctx& c, Counter* next) {
   // batch shares one copy, each thread would otherwise unfold the images the other one computes)
   const int64_t mode = f[F_SCRATCH] == 3 && n > 1 ? 1 : f[F_SCRATCH];
   float* const scratch = mode == 3 ? c.scratch + omp_get_thread_num() * n * cin * plane : c.scratch;
+  const int32_t* used = c.ipool + f[F_CHANNELS];
+  const int64_t nused = f[F_NCHANNELS];
+  auto copy_plane = [&](int64_t i, int64_t ch) {   // image i, input channel ch into the copy
+    const float* in = x + i * x_img + ch * h * wd;
+    float* dst = scratch + (i * cin + ch) * plane;
+    if (im2col) {
+      build_im2col(in, h, wd, f[F_K], s, f[F_PAD], f[F_DIL], ho, wo, f[F_IN_ACT], dst);
+    } else {
+      build_phases(in, h, wd, f[F_PAD], s, hq, wq, f[F_IN_ACT], f[F_PHASES], dst);
+    }
+  };
   if (mode == 3) {
-    const int32_t* used = c.ipool + f[F_CHANNELS];
     for (int64_t i = 0; i < n; ++i)
-      for (int64_t k = 0; k < f[F_NCHANNELS]; ++k)
-        build_im2col(x + i * x_img + used[k] * h * wd, h, wd, f[F_K], s, f[F_PAD], f[F_DIL], ho, wo, f[F_IN_ACT],
-                     scratch + (i * cin + used[k]) * plane);
+      for (int64_t k = 0; k < nused; ++k) copy_plane(i, used[k]);
   } else if (mode == 1) {
-    const int32_t* used = c.ipool + f[F_CHANNELS];
-    const int64_t nused = f[F_NCHANNELS];
-    share_equally(next + omp_get_num_threads(), n * nused, [&](int64_t idx) {
-      const int64_t i = idx / nused, ch = used[idx % nused];
-      float* dst = c.scratch + i * cin * plane + ch * plane;
-      if (im2col) {
-        build_im2col(x + i * x_img + ch * h * wd, h, wd, f[F_K], s, f[F_PAD], f[F_DIL], ho, wo, f[F_IN_ACT], dst);
-      } else {
-        build_phases(x + i * x_img + ch * h * wd, h, wd, f[F_PAD], s, hq, wq, f[F_IN_ACT], f[F_PHASES], dst);
-      }
-    });
+    share_equally(next + omp_get_num_threads(), n * nused, [&](int64_t idx) { copy_plane(idx / nused, used[idx % nused]); });
     c.barrier->wait();
   }
   if (mode) {
