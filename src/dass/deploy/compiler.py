@@ -534,14 +534,14 @@ def _conv_fields(op: IROp, x: Value, out: Value, y: Value | None, pools: _Pools,
     s, pad, d, groups = p["stride"], p["pad"], p["dil"], p["groups"]
     cin, h, wd = x.shape
     _, ho, wo = out.shape
-    copy = (s > 1 or pad > 0 or p.get("in_act") is not None) and not x.pad
+    geometry = _copy_geometry(op, x, out)   # None: no padded copy of its own
     shared = p.get("copy_of")   # (hq, wq, shift): read the copy an earlier conv made
     if x.pad and (x.pad != pad or s != 1 or p.get("in_act") is not None):
         raise DassError("internal: a padded value read by a conv that cannot read it in place")
     # small output planes: unfold the input (one contiguous row per tap) instead of padded 2-D tiles
     im2col = _unfolds(op, x, out)
+    copy = im2col or geometry is not None
     if im2col:
-        copy = True
         hq, wq = ho, wo
         plane = k * k * ho * wo
         ky, kx = np.meshgrid(np.arange(k), np.arange(k), indexing="ij")
@@ -550,8 +550,8 @@ def _conv_fields(op: IROp, x: Value, out: Value, y: Value | None, pools: _Pools,
         shift = 0
         if shared:
             hq, wq, shift = shared
-        elif copy:
-            hq, wq = _copy_geometry(op, x, out)
+        elif geometry:
+            hq, wq = geometry
         else:   # read in place (already padded by its producer, or no padding)
             hq, wq = h + 2 * x.pad, wd + 2 * x.pad
         plane = s * s * hq * wq
