@@ -37,7 +37,7 @@ def child(order: int, phase: str, steps: int, channels: int, layers: int, batch:
     index = {"warmup": 0, "prune": 1, "finetune": 2}[phase]
     search.enter_phase(index, fresh=True)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    batches = zip(search.train_batches.batches(0), search.val_batches.batches(0))
+    batches = search.batches(0, 0)
     times = []
     for i, ((xt, yt), (xv, yv)) in enumerate(batches):
         if i > steps:

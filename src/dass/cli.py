@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from .deploy.defaults import DEFAULT_THREADS
 from .errors import DassError
 
 
@@ -26,8 +27,22 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--subset", type=int, metavar="N", help="use only the first N training images (quick trial)")
     p.add_argument("--threads", type=int, help="torch intra-op threads")
+    _add_device(p)
     p.add_argument("--out", help="run directory (default runs/search-TIMESTAMP)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _add_device(p: argparse.ArgumentParser, what: str = "models and batches") -> None:
+    p.add_argument("--device", help=f"where {what} run: cpu (default), cuda, cuda:N or mps")
+
+
+def _cpu_only(args: argparse.Namespace) -> int:
+    """The packed sparse runtime is a CPU engine: ``--device`` may only say so."""
+    from .runtime import resolve_device
+
+    if resolve_device(args.device).type != "cpu":
+        raise DassError(f"`dass {args.command}` runs the packed sparse runtime, a CPU engine; drop --device {args.device}")
+    return args.threads if args.threads is not None else DEFAULT_THREADS
 
 
 def _flag_overrides(args: argparse.Namespace, section: str = "search") -> dict:
@@ -57,17 +72,20 @@ def _flag_overrides(args: argparse.Namespace, section: str = "search") -> dict:
     put("seed", args.seed)
     if section == "search":
         put("search.order", args.order)
+        put("search.method", args.method)
+        put("model.space", args.space)
     else:
         put("model.name", args.model)
         put("model.genotype", args.genotype)
         put("model.size", args.size)
         put("train.pruner", args.pruner)
     put("threads", args.threads)
+    put("device", args.device)
     return out
 
 
 RUN_FLAGS = ("config", "dataset", "sparsity", "epochs", "init_channels", "layers", "batch_size", "order", "seed",
-             "subset", "out", "model", "genotype", "size", "pruner")
+             "subset", "out", "model", "genotype", "size", "pruner", "method", "space")
 
 
 def _refuse_flags_with_resume(args: argparse.Namespace) -> None:
@@ -83,7 +101,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     if args.resume:
         _refuse_flags_with_resume(args)
-        runner = DassSearch.resume(args.resume, progress=not args.quiet)
+        runner = DassSearch.resume(args.resume, progress=not args.quiet, device=args.device)
     else:
         config = make_config(args.config or "default", _flag_overrides(args), args.sets)
         runner = DassSearch.create(config, args.out, progress=not args.quiet)
@@ -99,7 +117,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.resume:
         _refuse_flags_with_resume(args)
-        runner = TrainRun.resume(args.resume, progress=not args.quiet)
+        runner = TrainRun.resume(args.resume, progress=not args.quiet, device=args.device)
     else:
         overrides = _flag_overrides(args, "train")
         if args.genotype and not args.model:
@@ -113,16 +131,16 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .train.evaluate import compare_table, evaluate_run
+    from .evaluation import compare_table, evaluate_run
 
-    result = evaluate_run(args.run_dir, latency=not args.no_latency, repeats=args.repeats)
+    result = evaluate_run(args.run_dir, latency=not args.no_latency, repeats=args.repeats, device=args.device)
     print(json.dumps(result, indent=2))
     print(compare_table([result]), file=sys.stderr)
     return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .train.evaluate import compare_runs
+    from .evaluation import compare_runs
 
     print(compare_runs(args.run_dirs))
     return 0
@@ -154,7 +172,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from .deploy.export import export_run
 
-    result = export_run(args.run_dir, out=args.out, onnx=args.onnx, threads=args.threads)
+    result = export_run(args.run_dir, out=args.out, onnx=args.onnx, threads=_cpu_only(args))
     print(json.dumps(result, indent=2))
     return 0
 
@@ -173,11 +191,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .deploy.export import bench_run, report_dict, synthetic_model
     from .deploy.speed import compare_speed
 
+    threads = _cpu_only(args)
     batches = _int_list(args.batch, "--batch")
     if (args.run_dir is None) == (args.model is None):
         raise DassError("give either a trained RUN_DIR or --model NAME --sparsity S (a synthetically pruned model)")
     if args.run_dir:
-        report = bench_run(args.run_dir, batches, args.threads, args.rounds)
+        report = bench_run(args.run_dir, batches, threads, args.rounds)
         target = args.run_dir
     else:
         if args.sparsity is None or not 0 <= args.sparsity < 1:
@@ -191,7 +210,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if args.layers:
             kwargs["layers"] = args.layers
         model = synthetic_model(args.model, args.sparsity, shape, **kwargs)
-        report = compare_speed(model, shape, batches, args.threads, args.rounds)
+        report = compare_speed(model, shape, batches, threads, args.rounds)
         target = f"{args.model} at {args.sparsity:.0%} sparsity (synthetic)"
     print(f"{target}: {report.nonzero_macs:,} nonzero multiply-adds per image, {report.threads} threads\n")
     print(report.table())
@@ -209,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("search", help="run a DASS search and write genotype.json")
     _add_common(p)
     p.add_argument("--order", type=int, choices=(1, 2), help="architecture gradient: 1 first, 2 second order")
+    p.add_argument("--method", help="search method: darts (default) or proxyless (dass.search.methods)")
+    p.add_argument("--space", help="search space: darts (default; dass.space.available_spaces())")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted search from its run directory")
     p.set_defaults(func=cmd_search)
 
@@ -217,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="resnet18, mobilenet_v2, vgg16, darts_v1, darts_v2, or genotype")
     p.add_argument("--genotype", help="genotype.json from `dass search` (implies --model genotype)")
     p.add_argument("--size", choices=("tiny", "small", "medium", "large"), help="the paper's network sizes")
-    p.add_argument("--pruner", choices=("hydra", "gmp"), help="hydra (learned scores) or gmp (gradual magnitude)")
+    p.add_argument("--pruner", help="hydra (learned scores, default) or gmp (gradual magnitude); dass.train.pruners")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted training from its run directory")
     p.set_defaults(func=cmd_train)
 
@@ -225,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("--no-latency", action="store_true")
     p.add_argument("--repeats", type=int, default=20, help="timed runs at batch 1 (batch 64 uses a fifth)")
+    _add_device(p, "the accuracy pass")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("compare", help="a Markdown table over trained runs (evaluates those without eval.json)")
@@ -235,7 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("--out", help="packed model file (default RUN_DIR/model_packed.npz)")
     p.add_argument("--onnx", action="store_true", help="also write model.onnx (BN folded) and check it")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, help=f"runtime threads (default {DEFAULT_THREADS})")
+    _add_device(p, "the packed runtime")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("bench", help="dense PyTorch vs the packed sparse runtime, side by side")
@@ -247,7 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", type=int)
     p.add_argument("--input", default="3,32,32", help="per-image input shape C,H,W (synthetic models)")
     p.add_argument("--batch", default="1,64", help="batch sizes, comma-separated")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, help=f"threads of both engines (default {DEFAULT_THREADS})")
+    _add_device(p, "the packed runtime")
     p.add_argument("--rounds", type=int, default=7, help="alternating timing rounds (medians are reported)")
     p.add_argument("--json", action="store_true", help="also print the results as JSON")
     p.set_defaults(func=cmd_bench)

@@ -51,12 +51,15 @@ def sgd_step(model: nn.Module, params: Sequence[nn.Parameter], optimizer: torch.
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> tuple[float, float]:
-    """Mean cross-entropy and top-1 accuracy in eval mode; restores the previous mode."""
+def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+             device: torch.device | None = None) -> tuple[float, float]:
+    """Mean cross-entropy and top-1 accuracy in eval mode (batches moved to ``device``); restores the mode."""
     was_training = model.training
     model.eval()
     total_loss, correct, count = 0.0, 0, 0
     for x, y in batches:
+        if device is not None:
+            x, y = x.to(device), y.to(device)
         logits = model(x)
         total_loss += float(F.cross_entropy(logits, y, reduction="sum"))
         correct += int((logits.argmax(1) == y).sum())

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from .errors import DassError
 from .runtime import RunDir, load_checkpoint, new_run_dir, save_checkpoint
 from .runtime.config import build, load_yaml, to_dict
+from .runtime.device import resolve_device, to_device
 from .runtime.memory import keep_freed_memory
 from .sparse import Phase
 
@@ -51,6 +52,7 @@ class PhasedRun:
         self.run_dir = run_dir
         self.checkpoint_minutes = config.checkpoint_minutes
         self.progress = progress
+        self.device = resolve_device(config.device)
         if config.threads:
             torch.set_num_threads(config.threads)
         keep_freed_memory()   # steps reuse the same big activations: no page faults for them every step
@@ -70,14 +72,17 @@ class PhasedRun:
         return run
 
     @classmethod
-    def resume(cls, path: str | Path, progress: bool = True):
-        """The run in ``path``, restored from its checkpoint, ready to continue."""
+    def resume(cls, path: str | Path, progress: bool = True, device: str | None = None):
+        """The run in ``path``, restored from its checkpoint, ready to continue (on ``device`` if given, else on
+        the device it ran on)."""
         run_dir = RunDir(Path(path))
         if not run_dir.path.is_dir():
             raise DassError(f"{path} is not a directory; --resume takes the run directory of an earlier {cls.kind}")
         load_checkpoint(run_dir.file(RunDir.CHECKPOINT), cls.kind)  # fail early, before loading data
-        config = build(cls.config_class, load_yaml(run_dir.file(RunDir.CONFIG))).validate()
-        run = cls(config, run_dir, progress)
+        config = build(cls.config_class, load_yaml(run_dir.file(RunDir.CONFIG)))
+        if device is not None:
+            config.device = device
+        run = cls(config.validate(), run_dir, progress)
         run.restore()
         return run
 
@@ -151,6 +156,8 @@ class PhasedRun:
             "log_records": len(self.run_dir.log_records()),
             "torch_rng": torch.get_rng_state(),
         }
+        if self.device.type == "cuda":   # drop-path and dropout draw from the GPU's generator
+            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
         save_checkpoint(self.run_dir.file(RunDir.CHECKPOINT), state, self.kind)
 
     def restore(self) -> None:
@@ -168,6 +175,8 @@ class PhasedRun:
             self.sums = dict(state["sums"])
             self.history = list(state["history"])
             torch.set_rng_state(state["torch_rng"])
+            if "cuda_rng" in state and self.device.type == "cuda":
+                torch.cuda.set_rng_state(state["cuda_rng"], self.device)
         except (KeyError, RuntimeError, ValueError, TypeError) as exc:
             raise DassError(f"checkpoint in {self.run_dir.path} does not match its config.yaml ({str(exc)[:200]}); "
                             "was the config edited? Restore it or start a new run") from None
@@ -198,7 +207,7 @@ class PhasedRun:
                         if self.position["step"] >= self.steps_per_epoch:
                             break
                         t0 = time.perf_counter()
-                        self.train_step(batch)
+                        self.train_step(to_device(batch, self.device))
                         self.sums["seconds"] = self.sums.get("seconds", 0.0) + time.perf_counter() - t0
                         self.sums["steps"] = self.sums.get("steps", 0) + 1
                         self.position["step"] += 1

@@ -9,9 +9,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from dass.data import load_dataset
-from dass.deploy.compiler import compile_model
+from dass.deploy.compiler import CompileOptions, compile_model
 from dass.deploy.export import synthetic_model
 from dass.deploy.packed import PackedModel
+from dass.deploy.program import Field, Scratch
 from dass.deploy.speed import calibrate_batchnorm, compare_speed
 from dass.errors import DassError
 from dass.models import build_model
@@ -181,8 +182,8 @@ def test_batch_sizes_and_save_load(tmp_path, images):
 def test_sparse_and_dense_layouts_agree(images):
     model = synthetic_model("resnet18", 0.9, (3, 32, 32), width=0.125)
     x = images[:2].numpy()
-    sparse = PackedModel(compile_model(model, (3, 32, 32), dense_threshold=1.1))
-    dense = PackedModel(compile_model(model, (3, 32, 32), dense_threshold=0.0))
+    sparse = PackedModel(compile_model(model, (3, 32, 32), options=CompileOptions(dense_threshold=1.1)))
+    dense = PackedModel(compile_model(model, (3, 32, 32), options=CompileOptions(dense_threshold=0.0)))
     assert np.abs(sparse(x) - dense(x)).max() < TOL
     # the dense layout stores every weight, the sparse one only the nonzeros
     assert dense.program.fpool.size > 5 * sparse.program.fpool.size
@@ -267,15 +268,13 @@ class PaddedChain(nn.Module):
 
 @pytest.mark.parametrize("sparsity", [0.0, 0.7])
 def test_padded_storage(sparsity, images):
-    from dass.deploy.program import FIELDS
-
     for pool_reader in (False, True):
         model = _prune(PaddedChain(pool_reader), sparsity).eval()
         x = F.interpolate(images[:3], size=(9, 11))   # odd sizes: tile remainders next to the border
         prog = compile_model(model, (3, 9, 11))
 
         def field(k: int, name: str, prog=prog) -> int:
-            return int(prog.instructions[k][FIELDS[name]])
+            return int(prog.instructions[k][Field[name]])
 
         convs = [k for k, label in enumerate(prog.labels) if label.startswith("conv")]
         stem, conv2, conv3 = convs
@@ -310,13 +309,12 @@ class SharedCopies(nn.Module):
 
 @pytest.mark.parametrize("sparsity", [0.0, 0.7])
 def test_shared_padded_copies(sparsity, images):
-    from dass.deploy.program import FIELDS
-
     model = _prune(SharedCopies(), sparsity).eval()
     x = F.interpolate(images[:3], size=(13, 11))
     prog = compile_model(model, (3, 13, 11))
-    scratch = [int(r[FIELDS["SCRATCH"]]) for r, label in zip(prog.instructions, prog.labels) if label != "add"]
-    assert scratch == [0, 1, 2, 1, 1]   # stem, a (copies), b (reads a's copy), c and d (copy their own)
+    scratch = [Scratch(r[Field.SCRATCH]) for r, label in zip(prog.instructions, prog.labels) if label != "add"]
+    own, earlier = Scratch.OWN_COPY, Scratch.EARLIER_COPY
+    assert scratch == [Scratch.IN_PLACE, own, earlier, own, own]   # b reads a's copy, c and d copy their own
     for threads in (1, 2):
         with torch.no_grad():
             ref = model(x).numpy()
@@ -325,12 +323,10 @@ def test_shared_padded_copies(sparsity, images):
 
 def test_private_unfold_per_thread(images):
     """Stride-1 convs on 4x4 planes unfold into a copy per thread; the scratch follows the thread count."""
-    from dass.deploy.program import FIELDS
-
     model = _prune(Single(*CONVS["conv3x3"], act="relu"), 0.8).eval()
     x = images[:3, :, :4, :4].contiguous()
     prog = compile_model(model, (3, 4, 4))
-    assert 3 in prog.instructions[:, FIELDS["SCRATCH"]] and prog.private_scratch_size > 0
+    assert Scratch.PER_THREAD in prog.instructions[:, Field.SCRATCH] and prog.private_scratch_size > 0
     packed = PackedModel(prog, threads=1)
     with torch.no_grad():
         ref = model(x).numpy()

@@ -9,7 +9,7 @@ import torch
 from dass.sparse import density_report
 from dass.sparse.layers import kept_count
 from dass.train import TrainRun, make_train_config
-from dass.train.evaluate import load_trained
+from dass.trained import load_trained
 from tests_helpers import run_cli
 
 TINY_TRAIN = ["--subset", "128", "--init-channels", "4", "--layers", "3", "--batch-size", "32", "--threads", "1",
@@ -30,7 +30,8 @@ def test_search_genotype_trains_evaluates_and_compares(tmp_path, cifar_subset):
         train = run_cli("train", "--dataset", str(cifar_subset), "--sparsity", "0.9", *extra, *TINY_TRAIN,
                         "--out", str(out))
         assert train.returncode == 0, train.stderr
-        model, config, _ = load_trained(out)
+        trained = load_trained(out)
+        model, config = trained.model, trained.config
         for row in density_report(model):  # the packed checkpoint keeps exactly the target density
             assert row.nonzero == kept_count(row.total, 0.1), row.name
         ev = run_cli("eval", str(out), "--repeats", "2")

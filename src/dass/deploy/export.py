@@ -9,10 +9,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data import Normalization
 from ..errors import DassError
+from ..models import build_model
 from ..runtime import atomic_write_text
+from ..sparse import init_scores, set_sparsity
+from ..trained import TrainedModel, load_trained
 from .compiler import compile_model
+from .defaults import DEFAULT_THREADS
 from .packed import PackedModel
 from .speed import SpeedReport, calibrate_batchnorm, compare_speed
 
@@ -20,24 +23,23 @@ PACKED_NAME = "model_packed.npz"
 TOLERANCE = 1e-4
 
 
-def _test_images(info: dict, count: int = 64) -> torch.Tensor:
-    """The first ``count`` test images of the run's dataset, normalized as in training."""
-    dataset = info["dataset"]
-    stats = info["normalization"]
-    norm = Normalization(torch.tensor(stats["mean"]), torch.tensor(stats["std"]))
-    return norm(dataset.x_test[:count]).contiguous()
+CALIBRATION_IMAGES = 256   # noise images that set batch-norm statistics of synthetic models
+CHECK_IMAGES = 64   # test images the packed model is checked on against PyTorch
+
+
+def _trained_on_cpu(run_dir: str | Path) -> TrainedModel:
+    """The packed runtime is a CPU engine: the PyTorch reference it is compared with runs on the CPU too."""
+    return load_trained(Path(run_dir), "cpu")
 
 
 def export_run(run_dir: str | Path, out: str | Path | None = None, onnx: bool = False,
-               threads: int = 2) -> dict:
+               threads: int = DEFAULT_THREADS) -> dict:
     """Pack a finished training run; check the packed (and ONNX) model against PyTorch on test images."""
-    from ..train.evaluate import load_trained
-
     run_dir = Path(run_dir)
-    model, _, info = load_trained(run_dir)
-    shape = info["input_shape"]
+    trained = _trained_on_cpu(run_dir)
+    model, shape = trained.model, trained.input_shape
     packed = PackedModel(compile_model(model, shape), threads=threads)
-    images = _test_images(info)
+    images = trained.test_images(CHECK_IMAGES)
     with torch.no_grad():
         reference = model(images).numpy()
     diff = float(np.abs(packed(images.numpy()) - reference).max())
@@ -65,25 +67,21 @@ def synthetic_model(name: str, sparsity: float, input_shape: tuple[int, int, int
     For speed measurements only (its accuracy means nothing): its nonzero pattern and per-layer
     densities are those of a HYDRA/magnitude-pruned network at that sparsity.
     """
-    from ..models import build_model
-    from ..sparse import init_scores, set_sparsity
-
     torch.manual_seed(seed)
     model = build_model(name, in_channels=input_shape[0], **model_kwargs)
     init_scores(model)
     set_sparsity(model, sparsity)
-    calibrate_batchnorm(model, calibration if calibration is not None else torch.randn(256, *input_shape))
+    calibrate_batchnorm(model, calibration if calibration is not None else torch.randn(CALIBRATION_IMAGES, *input_shape))
     return model.eval()
 
 
 def bench_run(run_dir: str | Path, batches: tuple[int, ...], threads: int, rounds: int) -> SpeedReport:
-    from ..train.evaluate import load_trained
-
     run_dir = Path(run_dir)
-    model, _, info = load_trained(run_dir)
+    trained = _trained_on_cpu(run_dir)
     packed_file = run_dir / PACKED_NAME
     packed = PackedModel.load(packed_file, threads) if packed_file.is_file() else None
-    report = compare_speed(model, info["input_shape"], batches, threads, rounds, inputs=_test_images(info), packed=packed)
+    report = compare_speed(trained.model, trained.input_shape, batches, threads, rounds,
+                           inputs=trained.test_images(CHECK_IMAGES), packed=packed)
     atomic_write_text(run_dir / "bench.json", json.dumps(report_dict(report), indent=2) + "\n")
     return report
 

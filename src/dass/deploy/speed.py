@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from .compiler import compile_model
+from .defaults import DEFAULT_THREADS
 from .fold import fold_batchnorm
 from .packed import PackedModel
 
@@ -48,7 +49,7 @@ class SpeedReport:
     results: list[SpeedResult]
     profile: dict[str, dict[str, float]] = field(default_factory=dict)   # at batch 1
     nonzero_macs: int = 0
-    threads: int = 2
+    threads: int = DEFAULT_THREADS
 
     def table(self) -> str:
         lines = ["| batch | dense PyTorch (ms) | packed (ms) | speed-up | cold: dense / packed (ms) | cold speed-up "
@@ -86,7 +87,7 @@ def _median_times(fns: list, rounds: int, inner: int) -> tuple[list[float], list
 
 
 def compare_speed(model: nn.Module, input_shape: tuple[int, int, int], batches: tuple[int, ...] = (1, 64),
-                  threads: int = 2, rounds: int = 7, inputs: torch.Tensor | None = None,
+                  threads: int = DEFAULT_THREADS, rounds: int = 7, inputs: torch.Tensor | None = None,
                   packed: PackedModel | None = None, min_seconds: float = 0.05) -> SpeedReport:
     """Time the folded dense model and the packed model at each batch size; check they agree."""
     model = model.eval()

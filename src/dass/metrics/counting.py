@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from ..params import param_roles
 from ..sparse.layers import SPARSE_TYPES
 
 
@@ -34,7 +35,7 @@ def _kept(module: nn.Module) -> int:
 
 def deployable_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     """Parameters a deployed model needs: not the pruning scores, not architecture weights."""
-    return [(n, p) for n, p in model.named_parameters() if not n.endswith("scores") and not n.startswith(("alphas_", "betas_"))]
+    return param_roles(model).deployable()
 
 
 @torch.no_grad()

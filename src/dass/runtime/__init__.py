@@ -10,6 +10,7 @@ _NAMES = {
     "load_checkpoint": ".checkpoint", "save_checkpoint": ".checkpoint",
     "atomic_write": ".files", "atomic_write_text": ".files",
     "RunDir": ".rundir", "new_run_dir": ".rundir",
+    "resolve_device": ".device", "RunOptions": ".options",
 }
 __all__ = list(_NAMES)
 

@@ -97,6 +97,28 @@ def build(cls: type[T], data: dict, where: str = "") -> T:
         raise DassError(f"invalid config{' at ' + where if where else ''}: {exc}") from None
 
 
+PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+def resolve_preset(name_or_path: str) -> Path:
+    """A YAML file path, or the path of a bundled preset by name (``default``, ``paper``, ...)."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        return path
+    preset = PRESET_DIR / f"{name_or_path}.yaml"
+    if preset.is_file():
+        return preset
+    known = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+    raise DassError(f"no config file or preset named {name_or_path!r}; presets: {', '.join(known)}")
+
+
+def check_all(checks: list[tuple[bool, str]]) -> None:
+    """Raise :class:`DassError` with the message of the first failed ``(ok, message)`` check."""
+    for ok, message in checks:
+        if not ok:
+            raise DassError(message)
+
+
 def layered(cls: type[T], preset: Path | None = None, overrides: dict | None = None,
             sets: list[str] | None = None) -> T:
     """Defaults, then the preset/YAML file, then flag overrides, then ``--set`` items; validated."""

@@ -3,30 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Optional
 
 from ..errors import DassError
-from ..runtime.config import layered
-from ..space.ops import OPS, PRIMITIVES
-
-PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
-
-
-@dataclass
-class DataConfig:
-    dataset: str = "digits"
-    data_dir: Optional[str] = None
-    download: bool = False
-    subset: Optional[int] = None      # use only the first N training images
-    val_fraction: float = 0.5         # the search splits the training set into train / val
-    crop_padding: int = 4
-    flip: bool = True
-    cutout: int = 0
+from ..runtime.config import check_all, layered, resolve_preset
+from ..runtime.options import RunOptions
+from ..space import PRIMITIVES, get_space
+from .methods import get_method
 
 
 @dataclass
 class ModelConfig:
+    space: str = "darts"              # the search space (dass.space.available_spaces())
     init_channels: int = 16
     layers: int = 8
     nodes: int = 4
@@ -45,6 +32,7 @@ class PhaseEpochs:
 
 @dataclass
 class SearchConfig:
+    method: str = "darts"             # the search method (dass.search.methods.available_methods())
     mode: str = "three_phase"         # three_phase | single_loop
     sparsity: float = 0.9             # fraction of weights removed in every sparse layer
     mask_scope: str = "layer"         # layer: top-k per layer | global: one threshold for all layers
@@ -67,16 +55,12 @@ class SearchConfig:
     grad_clip: float = 5.0
     unrolled_eps: float = 0.01
     eval_val: bool = True             # full pass over the val split at each epoch end
-    path_sampling: str = "all"        # all: every op on every edge (DARTS) | proxyless: sampled paths, binary gates
+    path_sampling: str = "all"        # deprecated: proxyless is search.method=proxyless
     cost_weight: float = 0.0          # > 0: add cost_weight * expected nonzero MACs / uniform-alpha MACs to the arch loss
 
 
 @dataclass
-class SearchRunConfig:
-    seed: int = 0
-    threads: Optional[int] = None
-    checkpoint_minutes: float = 10.0  # mid-epoch checkpoints; one is always written at each epoch end
-    data: DataConfig = field(default_factory=DataConfig)
+class SearchRunConfig(RunOptions):
     model: ModelConfig = field(default_factory=ModelConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
 
@@ -96,39 +80,25 @@ class SearchRunConfig:
             (d.subset is None or d.subset >= 4, f"--subset must be at least 4 images, got {d.subset}"),
             (m.init_channels >= 1 and m.layers >= 1 and m.nodes >= 1, "model sizes must be positive"),
             (1 <= m.multiplier <= m.nodes, f"model.multiplier must be in 1..nodes ({m.nodes}), got {m.multiplier}"),
-            (self.threads is None or self.threads >= 1, "threads must be at least 1"),
             (s.grad_clip > 0, "search.grad_clip must be positive"),
             (s.path_sampling in ("all", "proxyless"),
-             f"search.path_sampling must be all or proxyless, got {s.path_sampling!r}"),
-            (s.path_sampling == "all" or s.order == 1,
-             "search.path_sampling=proxyless needs first-order architecture steps (--order 1)"),
+             f"search.path_sampling must be all or proxyless (better: search.method), got {s.path_sampling!r}"),
             (s.cost_weight >= 0, f"search.cost_weight must be >= 0 (0 turns the cost term off), got {s.cost_weight}"),
             (m.partial_channels >= 1 and m.init_channels % m.partial_channels == 0,
              f"model.partial_channels must be >= 1 and divide model.init_channels ({m.init_channels}), "
              f"got {m.partial_channels}"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise DassError(message)
-        unknown = [op for op in m.ops if op not in OPS]
-        if unknown or not m.ops:
-            raise DassError(f"unknown op(s) {unknown or '[]'} in model.ops; known: {', '.join(OPS)}")
-        if all(op == "none" for op in m.ops):
-            raise DassError("model.ops needs at least one op other than none")
+        check_all(checks)
+        self.validate_run()
+        if s.path_sampling == "proxyless":   # the old spelling of the proxyless method
+            if s.method not in ("darts", "proxyless"):
+                raise DassError(f"search.path_sampling=proxyless conflicts with search.method={s.method}")
+            s.method, s.path_sampling = "proxyless", "all"
+        get_method(s.method).check(s)
+        get_space(m.space).check(m)
         if s.mode == "three_phase" and s.epochs.warmup + s.epochs.prune + s.epochs.finetune == 0:
             raise DassError("all phase epochs are 0: nothing to search; set --epochs or search.epochs.*")
         return self
-
-
-def resolve_preset(name_or_path: str) -> Path:
-    path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") or path.exists():
-        return path
-    preset = PRESET_DIR / f"{name_or_path}.yaml"
-    if preset.is_file():
-        return preset
-    known = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
-    raise DassError(f"no config file or preset named {name_or_path!r}; presets: {', '.join(known)}")
 
 
 def make_config(preset: str | None = "default", overrides: dict | None = None, sets: list[str] | None = None) -> SearchRunConfig:

@@ -1,10 +1,14 @@
-"""What can be searched: primitive ops on sparse layers, genotypes, the DARTS supernet."""
+"""What can be searched: primitive ops on sparse layers, genotypes, supernets, and the registry of spaces."""
 
 from .genotype import DARTS_V1, DARTS_V2, KNOWN_GENOTYPES, Genotype, derive_genotype
+from .mixed import MixedOp, PartialChannels, partial_channel_variant
 from .ops import OPS, PRIMITIVES, build_op
-from .supernet import MixedOp, SearchCell, Supernet, SupernetConfig, num_edges, reduction_layers
+from .spaces import SPACES, DartsSpace, SearchSpace, available_spaces, get_space, register_space
+from .supernet import SearchCell, Supernet, SupernetConfig, num_edges, reduction_layers
 
 __all__ = [
-    "DARTS_V1", "DARTS_V2", "KNOWN_GENOTYPES", "Genotype", "derive_genotype", "OPS", "PRIMITIVES",
-    "build_op", "MixedOp", "SearchCell", "Supernet", "SupernetConfig", "num_edges", "reduction_layers",
+    "DARTS_V1", "DARTS_V2", "KNOWN_GENOTYPES", "Genotype", "derive_genotype", "MixedOp", "PartialChannels",
+    "partial_channel_variant", "OPS", "PRIMITIVES", "build_op", "SPACES", "DartsSpace", "SearchSpace",
+    "available_spaces", "get_space", "register_space", "SearchCell", "Supernet", "SupernetConfig", "num_edges",
+    "reduction_layers",
 ]

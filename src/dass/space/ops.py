@@ -14,7 +14,8 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
-from ..kernels import AvgPool2d, BatchNorm2d, MaxPool2d, conv2d, subsample
+from ..kernels import AvgPool2d, BatchNorm2d, MaxPool2d
+from ..kernels.fusion import offset_pair_conv, relu_conv
 from ..sparse import SparseConv2d
 
 PRIMITIVES: tuple[str, ...] = (
@@ -29,20 +30,6 @@ PRIMITIVES: tuple[str, ...] = (
 )
 
 
-def hooked(module: nn.Module) -> bool:
-    """Whether calling the module runs hooks (MAC counting, the cost model): fused paths that skip the module
-    call are not taken then."""
-    return bool(module._forward_hooks or module._forward_pre_hooks or nn.modules.module._global_forward_hooks
-                or nn.modules.module._global_forward_pre_hooks)
-
-
-def _relu_conv(relu: nn.Module, conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """conv(relu(x)); a sparse conv takes the ReLU fused into its kernel (exported plain convs do not)."""
-    if isinstance(conv, SparseConv2d):
-        return conv(x, relu_input=True)
-    return conv(relu(x))
-
-
 class ReLUConvBN(nn.Sequential):
     def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, padding: int, affine: bool = True):
         super().__init__(
@@ -52,7 +39,7 @@ class ReLUConvBN(nn.Sequential):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self[2](_relu_conv(self[0], self[1], x))
+        return self[2](relu_conv(self[0], self[1], x))
 
 
 class DilConv(nn.Sequential):
@@ -69,16 +56,7 @@ class DilConv(nn.Sequential):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self[3](self[2](_relu_conv(self[0], self[1], x)))
-
-    @property
-    def first_conv(self) -> nn.Module:
-        """The depthwise conv that reads relu(x): a mixed op runs those of all its ops in one kernel call."""
-        return self[1]
-
-    def after_first(self, y: torch.Tensor) -> torch.Tensor:
-        """The rest of the op, given ``first_conv(relu(x))``."""
-        return self[3](self[2](y))
+        return self[3](self[2](relu_conv(self[0], self[1], x)))
 
 
 class SepConv(nn.Sequential):
@@ -89,13 +67,6 @@ class SepConv(nn.Sequential):
             DilConv(c_in, c_in, kernel, stride, padding, 1, affine),
             DilConv(c_in, c_out, kernel, 1, padding, 1, affine),
         )
-
-    @property
-    def first_conv(self) -> nn.Module:
-        return self[0].first_conv
-
-    def after_first(self, y: torch.Tensor) -> torch.Tensor:
-        return self[1](self[0].after_first(y))
 
 
 class Zero(nn.Module):
@@ -132,15 +103,7 @@ class FactorizedReduce(nn.Module):
         self.bn = BatchNorm2d(c_out, affine=affine)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if isinstance(self.conv_1, SparseConv2d) and not (hooked(self.conv_1) or hooked(self.conv_2)):
-            # each stride-2 1x1 conv is a stride-1 one on every other pixel (even, then odd rows and columns),
-            # the ReLU fused into it (zero padding commutes with it)
-            x = pad_to_even(x)
-            halves = [conv2d(subsample(x, 2, offset), conv.effective_weight(), conv.bias, relu_input=True)
-                      for offset, conv in ((0, self.conv_1), (1, self.conv_2))]
-            return self.bn(torch.cat(halves, dim=1))
-        x = pad_to_even(self.relu(x))
-        return self.bn(torch.cat([self.conv_1(x), self.conv_2(x[:, :, 1:, 1:])], dim=1))
+        return self.bn(torch.cat(offset_pair_conv(x, self.relu, self.conv_1, self.conv_2, pad_to_even), dim=1))
 
 
 OpFactory = Callable[[int, int, bool], nn.Module]

@@ -14,10 +14,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..kernels import BatchNorm2d, depthwise_group, weighted_sum
+from ..kernels import BatchNorm2d
+from ..params import param_roles
 from ..sparse import SparseConv2d, SparseLinear
 from .genotype import Genotype, derive_genotype
-from .ops import PRIMITIVES, FactorizedReduce, ReLUConvBN, build_op, hooked, is_pooling
+from .mixed import MixedOp, MixedOpFactory, partial_channel_variant
+from .ops import PRIMITIVES, FactorizedReduce, ReLUConvBN
 
 
 @dataclass
@@ -33,121 +35,9 @@ class SupernetConfig:
     partial_channels: int = 1   # PC-DARTS: ops see 1/K of the channels; K > 1 adds edge normalization
 
 
-def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
-    n, c, h, w = x.shape
-    return x.view(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
-
-
-class PathSampler:
-    """How the mixed ops of a supernet run: all paths, or ProxylessNAS' sampled paths with binary gates.
-
-    ``mode``: ``None`` the softmax-weighted sum of every op (DARTS); ``"weights"`` one op per edge sampled
-    from softmax(alpha), run alone (the weight step); ``"arch"`` two distinct ops sampled per edge and one of
-    them gated on, with the binary-gate gradient reaching alpha (the architecture step); ``"argmax"`` the
-    most likely op per edge (evaluation). Only one or two paths per edge hold activations, so memory no
-    longer grows with the number of candidate ops.
-    """
-
-    def __init__(self) -> None:
-        self.mode: str | None = None
-        self.generator: torch.Generator | None = None
-
-
-class _BinaryGate(torch.autograd.Function):
-    """Forward: the gated-on path's output. Backward: dL/dp_k = <dL/dout, o_k> for both sampled paths
-    (BinaryConnect), which the chain rule through p = renormalized softmax turns into ProxylessNAS'
-    estimator dL/dalpha_i = sum_k dL/dg_k p_k (delta_ik - p_i)."""
-
-    @staticmethod
-    def forward(ctx, probs: torch.Tensor, out_a: torch.Tensor, out_b: torch.Tensor, chosen: int) -> torch.Tensor:
-        ctx.save_for_backward(out_a, out_b)
-        ctx.chosen = chosen
-        return (out_a if chosen == 0 else out_b).clone()
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        out_a, out_b = ctx.saved_tensors
-        grad_probs = torch.stack([(grad * out_a).sum(), (grad * out_b).sum()])
-        return grad_probs, grad if ctx.chosen == 0 else None, grad if ctx.chosen == 1 else None, None
-
-
-class MixedOp(nn.Module):
-    """Softmax-weighted sum of every candidate op on one edge. ``none`` is skipped: it adds exact zeros.
-
-    With ``partial`` K > 1 (PC-DARTS, Xu et al. 2020) the ops see only the first 1/K of the channels; the
-    rest bypass the edge (max-pooled on reduction edges) and a channel shuffle mixes the two, cutting the
-    memory and compute of the search about K-fold.
-    """
-
-    def __init__(self, channels: int, stride: int, ops: Sequence[str], partial: int = 1,
-                 sampler: PathSampler | None = None):
-        super().__init__()
-        self.sampler = sampler or PathSampler()
-        if channels % partial:
-            raise ValueError(f"partial channels K={partial} must divide the edge's {channels} channels")
-        self.partial = partial
-        self.op_names = list(ops)
-        self.ops = nn.ModuleList()
-        self.active: list[int] = []
-        for k, name in enumerate(ops):
-            op = build_op(name, channels // partial, stride, affine=False)
-            if is_pooling(name):
-                op = nn.Sequential(op, BatchNorm2d(channels // partial, affine=False))
-            self.ops.append(op)
-            if name != "none":
-                self.active.append(k)
-        self.stride = stride
-
-    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        if self.partial > 1:
-            c = x.shape[1] // self.partial
-            x, rest = x[:, :c], x[:, c:]
-        mode = self.sampler.mode
-        if mode is not None and self.active:
-            out = self._sampled(x, weights, mode)
-        else:
-            if self.active:   # softmax-weighted sum of the ops' outputs, one pass on CPU
-                out = weighted_sum(weights, self.active, self._outputs(x))
-            else:  # an op set of only 'none'
-                out = self.ops[0](x) * weights[0]
-        if self.partial > 1:
-            if self.stride == 2:
-                rest = F.max_pool2d(rest, 2, 2)
-            out = channel_shuffle(torch.cat([out, rest], dim=1), self.partial)
-        return out
-
-
-    def _outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Every active op's output. The separable and dilated convs all start with a depthwise conv of
-        relu(x): on CPU those run as one kernel call (one padded input, one summed input gradient)."""
-        firsts = [k for k in self.active if isinstance(getattr(self.ops[k], "first_conv", None), SparseConv2d)
-                  and not hooked(self.ops[k]) and not hooked(self.ops[k].first_conv)]
-        convs = [self.ops[k].first_conv for k in firsts]
-        ys = depthwise_group(x, [(c.effective_weight(), c.stride, c.padding, c.dilation) for c in convs]) \
-            if len(convs) > 1 else None
-        if ys is None:
-            return [self.ops[k](x) for k in self.active]
-        first = dict(zip(firsts, ys))
-        return [self.ops[k].after_first(first[k]) if k in first else self.ops[k](x) for k in self.active]
-
-    def _sampled(self, x: torch.Tensor, weights: torch.Tensor, mode: str) -> torch.Tensor:
-        active = torch.tensor(self.active)
-        w = weights[active]
-        if mode == "argmax" or len(self.active) == 1:
-            return self.ops[self.active[int(w.argmax())]](x)
-        g = self.sampler.generator
-        if mode == "weights":
-            return self.ops[self.active[int(torch.multinomial(w.detach(), 1, generator=g))]](x)
-        a, b = (int(i) for i in torch.multinomial(w.detach(), 2, replacement=False, generator=g))
-        probs = w[[a, b]] / w[[a, b]].sum()
-        chosen = int(torch.multinomial(probs.detach(), 1, generator=g))
-        return _BinaryGate.apply(probs, self.ops[self.active[a]](x), self.ops[self.active[b]](x), chosen)
-
-
 class SearchCell(nn.Module):
     def __init__(self, nodes: int, multiplier: int, c_prev_prev: int, c_prev: int, c: int,
-                 reduction: bool, reduction_prev: bool, ops: Sequence[str], partial: int = 1,
-                 sampler: PathSampler | None = None):
+                 reduction: bool, reduction_prev: bool, ops: Sequence[str], mixed_op: MixedOpFactory = MixedOp):
         super().__init__()
         self.reduction = reduction
         self.nodes = nodes
@@ -161,7 +51,7 @@ class SearchCell(nn.Module):
         for i in range(nodes):
             for j in range(2 + i):
                 stride = 2 if reduction and j < 2 else 1
-                self.edges.append(MixedOp(c, stride, ops, partial, sampler))
+                self.edges.append(mixed_op(c, stride, ops))
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor,
                 edge_weights: torch.Tensor | None = None) -> torch.Tensor:
@@ -188,7 +78,10 @@ def reduction_layers(layers: int) -> frozenset[int]:
 
 
 class Supernet(nn.Module):
-    def __init__(self, config: SupernetConfig):
+    """The DARTS search supernet. ``mixed_op``: the choice module of every edge (the search method's pick);
+    with ``config.partial_channels`` K > 1 it runs on 1/K of the channels and edge weights join the alphas."""
+
+    def __init__(self, config: SupernetConfig, mixed_op: type[MixedOp] = MixedOp):
         super().__init__()
         self.config = config
         c = config.init_channels
@@ -199,7 +92,7 @@ class Supernet(nn.Module):
         )
         c_prev_prev, c_prev, c_curr = c_curr, c_curr, c
         self.cells = nn.ModuleList()
-        self.sampler = PathSampler()   # shared by every mixed op; see PathSampler for the modes
+        edge_op = partial_channel_variant(mixed_op, config.partial_channels)
         reduction_prev = False
         reductions = reduction_layers(config.layers)
         for i in range(config.layers):
@@ -207,7 +100,7 @@ class Supernet(nn.Module):
             if reduction:
                 c_curr *= 2
             cell = SearchCell(config.nodes, config.multiplier, c_prev_prev, c_prev, c_curr,
-                              reduction, reduction_prev, config.ops, config.partial_channels, self.sampler)
+                              reduction, reduction_prev, config.ops, edge_op)
             self.cells.append(cell)
             reduction_prev = reduction
             c_prev_prev, c_prev = c_prev, config.multiplier * c_curr
@@ -226,8 +119,7 @@ class Supernet(nn.Module):
 
     def weight_parameters(self) -> list[nn.Parameter]:
         """Everything but the architecture weights and the pruning scores."""
-        return [p for name, p in self.named_parameters()
-                if not name.startswith(("alphas_", "betas_")) and not name.endswith("scores")]
+        return param_roles(self).weights
 
     def edge_weights(self, betas: torch.Tensor | None) -> torch.Tensor | None:
         """Softmax of the edge weights over the incoming edges of each node (None without PC-DARTS)."""

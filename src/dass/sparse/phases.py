@@ -5,7 +5,9 @@ ratio the sparse layers run at:
 
 * ``dense``    weights train, the layers run unmasked (keep ratio 1);
 * ``prune``    scores train at the target keep ratio, sparse-layer weights and biases are frozen;
-* ``finetune`` the mask is frozen, weights train under it.
+* ``finetune`` the mask is frozen, weights train under it;
+* ``gradual``  weights train while a schedule moves the mask (gradual magnitude pruning);
+* ``joint``    weights and scores both train (single-loop search).
 
 Parameters that belong to no sparse layer (batch norm, architecture weights) are left alone:
 the caller decides about those.
@@ -25,7 +27,8 @@ class Phase(str, Enum):
     DENSE = "dense"
     PRUNE = "prune"
     FINETUNE = "finetune"
-    JOINT = "joint"  # weights and scores both train (single-loop search)
+    JOINT = "joint"      # weights and scores both train (single-loop search)
+    GRADUAL = "gradual"  # weights train while a pruning schedule moves the mask
 
 
 def set_sparsity(model: nn.Module, sparsity: float, scope: str = "layer") -> GlobalMaskGroup | None:
@@ -55,7 +58,7 @@ def init_scores(model: nn.Module) -> None:
 def configure_phase(model: nn.Module, phase: Phase | str) -> None:
     """Set ``requires_grad`` of sparse-layer weights, biases and scores for a phase."""
     phase = Phase(phase)
-    train_weights = phase in (Phase.DENSE, Phase.FINETUNE, Phase.JOINT)
+    train_weights = phase in (Phase.DENSE, Phase.FINETUNE, Phase.JOINT, Phase.GRADUAL)
     train_scores = phase in (Phase.PRUNE, Phase.JOINT)
     for _, layer in sparse_layers(model):
         layer.weight.requires_grad_(train_weights)

@@ -6,9 +6,10 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from ..errors import DassError
-from ..runtime.config import layered
-from ..search.config import DataConfig, resolve_preset
+from ..runtime.config import check_all, layered, resolve_preset
+from ..runtime.options import RunOptions
 from ..space.network import SIZES
+from .pruners import available_pruners
 
 
 @dataclass
@@ -55,11 +56,7 @@ class TrainConfig:
 
 
 @dataclass
-class TrainRunConfig:
-    seed: int = 0
-    threads: Optional[int] = None
-    checkpoint_minutes: float = 10.0
-    data: DataConfig = field(default_factory=DataConfig)
+class TrainRunConfig(RunOptions):
     model: NetConfig = field(default_factory=NetConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
@@ -69,7 +66,8 @@ class TrainRunConfig:
             raise DassError(f"sparsity must be in (0, 1) (0.9 keeps 10% of the weights), got {t.sparsity}")
         checks = [
             (t.mask_scope in ("layer", "global"), f"train.mask_scope must be layer or global, got {t.mask_scope!r}"),
-            (t.pruner in ("hydra", "gmp"), f"train.pruner must be hydra or gmp, got {t.pruner!r}"),
+            (t.pruner in available_pruners(),
+             f"train.pruner must be one of {', '.join(available_pruners())}, got {t.pruner!r}"),
             (t.batch_size >= 1, "train.batch_size must be at least 1"),
             (min(t.epochs.pretrain, t.epochs.prune, t.epochs.finetune) >= 0, "epochs must not be negative"),
             (t.epochs.pretrain + t.epochs.prune + t.epochs.finetune > 0, "all phase epochs are 0: nothing to train"),
@@ -81,9 +79,8 @@ class TrainRunConfig:
             (t.gmp_updates >= 1, "train.gmp_updates must be at least 1"),
             (self.data.subset is None or self.data.subset >= 2, "--subset must be at least 2 images"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise DassError(message)
+        check_all(checks)
+        self.validate_run()
         if m.name == "genotype" and not m.genotype:
             raise DassError("model genotype needs --genotype FILE (a genotype.json from `dass search`)")
         if m.size:

@@ -1,35 +1,32 @@
 """Final training of a network (from a genotype or a baseline): dense pretrain, prune, fine-tune.
 
-Two pruners:
-
-* ``hydra`` (the paper's): scores initialised from the scaled weight magnitudes, trained at the
-  target sparsity with the weights frozen, then the mask is fixed and the weights fine-tuned;
-* ``gmp`` (Zhu & Gupta 2017) for comparison: the weights keep training while the sparsity rises
-  along ``s_t = s_f * (1 - (1 - t/T)^3)``, the mask being re-derived from the weight magnitudes
-  at ``gmp_updates`` evenly spaced steps of the prune phase; then fine-tuning with the mask fixed.
+The prune phase is the pruner's (:mod:`dass.train.pruners`: ``hydra``, the paper's, or ``gmp``); the
+fine-tune phase then trains the weights under the mask fixed at the target sparsity.
 
 The run is a :class:`~dass.runner.PhasedRun`, so it resumes exactly like a search.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..data import AugmentConfig, Normalization, TensorBatches, load_dataset
+from ..data import prepare_data
 from ..loop import cosine_lr, evaluate, set_lr, sgd_step
 from ..models import build_model
+from ..params import param_roles
 from ..runner import PhasedRun, PhaseSpec
 from ..runtime import RunDir
 from ..runtime.config import to_dict
 from ..space.genotype import Genotype
-from ..sparse import Phase, configure_phase, init_scores, overall_density, score_parameters, set_sparsity
+from ..sparse import Phase, configure_phase, overall_density, set_sparsity
 from ..sparse.layers import sparse_layers
-from .config import TrainRunConfig
 from ..sparse.serialize import save_sparse_model
+from .config import TrainRunConfig
+from .pruners import Pruner, get_pruner
 
 
 @dataclass
@@ -58,20 +55,14 @@ class TrainRun(PhasedRun):
 
     def __init__(self, config: TrainRunConfig, run_dir: RunDir, progress: bool = True):
         super().__init__(config, run_dir, progress)
-        d, t = config.data, config.train
-        dataset = load_dataset(d.dataset, d.data_dir, d.download).subset(d.subset)
-        self.dataset_name = dataset.name
-        self.input_shape = (dataset.in_channels, *dataset.image_size)
-        norm = self.normalization = Normalization.fit(dataset.x_train)
-        aug = AugmentConfig(d.crop_padding, d.flip, d.cutout)
-        self.train_batches = TensorBatches(norm(dataset.x_train), torch.from_numpy(dataset.y_train), t.batch_size,
-                                           config.seed, stream=1, augment_config=aug)
-        self.test_batches = TensorBatches(norm(dataset.x_test), torch.from_numpy(dataset.y_test), 256,
-                                          config.seed, stream=2, shuffle=False)
+        t = config.train
+        self.data = prepare_data(config.data, t.batch_size, config.seed, search=False)
+        self.input_shape = self.data.input_shape
         torch.manual_seed(config.seed)
-        self.model = build_network(config, dataset.in_channels, dataset.num_classes, run_dir.path)
+        self.model = build_network(config, self.data.in_channels, self.data.num_classes, run_dir.path).to(self.device)
+        self.pruner: Pruner = get_pruner(t.pruner)(self.model, t.sparsity, t.mask_scope, t.gmp_updates)
         self.plan = [PhaseSpec("pretrain", Phase.DENSE, t.epochs.pretrain),
-                     PhaseSpec("prune", Phase.PRUNE if t.pruner == "hydra" else Phase.FINETUNE, t.epochs.prune),
+                     PhaseSpec("prune", self.pruner.phase, t.epochs.prune),
                      PhaseSpec("finetune", Phase.FINETUNE, t.epochs.finetune)]
         self.optimizer: torch.optim.SGD | None = None
         self.params: list[nn.Parameter] = []
@@ -83,46 +74,24 @@ class TrainRun(PhasedRun):
     # -- PhasedRun hooks ---------------------------------------------------------------------------
     @property
     def steps_per_epoch(self) -> int:
-        return len(self.train_batches)
+        return len(self.data.train)
 
-    def _gmp(self, index: int) -> bool:
-        return self.config.train.pruner == "gmp" and self.plan[index].name == "prune"
+    PRUNE = 1   # the index of the prune phase in the plan
 
     def enter_phase(self, index: int, fresh: bool) -> None:
         spec, t = self.plan[index], self.config.train
         if spec.phase is Phase.DENSE:
             set_sparsity(self.model, 0.0)
-        elif self._gmp(index):
-            pass  # the sparsity follows the schedule, set at every mask update (and restored with the scores)
+        elif index == self.PRUNE:
+            self.pruner.start(fresh, spec.epochs * self.steps_per_epoch)
         else:
             set_sparsity(self.model, t.sparsity, t.mask_scope)
-            if fresh and spec.phase is Phase.PRUNE:
-                init_scores(self.model)
-        if self._gmp(index) and fresh:
-            self._gmp_update(0)
         configure_phase(self.model, spec.phase)
-        sparse_ids = {id(p) for _, l in sparse_layers(self.model) for p in (l.weight, l.bias) if p is not None}
-        others = [p for n, p in self.model.named_parameters() if not n.endswith("scores") and id(p) not in sparse_ids]
-        if spec.phase is Phase.PRUNE:
-            self.params = score_parameters(self.model) + others
-        else:
-            self.params = [p for n, p in self.model.named_parameters() if not n.endswith("scores")]
+        roles = param_roles(self.model)
+        # HYDRA: while the scores train, so do the parameters outside the sparse layers (batch norm)
+        self.params = roles.scores + roles.other if spec.phase is Phase.PRUNE else roles.weights
         lr = getattr(t.lr, spec.name)
         self.optimizer = torch.optim.SGD(self.params, lr=lr, momentum=t.momentum, weight_decay=t.weight_decay)
-
-    def _gmp_sparsity(self, step: int) -> float:
-        """Zhu & Gupta's cubic ramp from 0 to the target over the prune phase, in ``gmp_updates`` stairs."""
-        t = self.config.train
-        total = max(self.plan[1].epochs * self.steps_per_epoch, 1)
-        every = max(total // t.gmp_updates, 1)
-        progress = min((step // every + 1) * every / total, 1.0)
-        return t.sparsity * (1.0 - (1.0 - progress) ** 3)
-
-    @torch.no_grad()
-    def _gmp_update(self, step: int) -> None:
-        for _, layer in sparse_layers(self.model):
-            layer.init_scores_from_weights()  # scores = scaled |W|: the mask is magnitude pruning
-        set_sparsity(self.model, self._gmp_sparsity(step), self.config.train.mask_scope)
 
     def set_epoch(self, epoch: int) -> dict[str, float]:
         spec, t = self.plan[self.position["phase"]], self.config.train
@@ -134,24 +103,20 @@ class TrainRun(PhasedRun):
         return {"lr": lr}
 
     def batches(self, epoch_key: int, start: int):
-        return self.train_batches.batches(epoch_key, start)
+        return self.data.train.batches(epoch_key, start)
 
     def train_step(self, batch) -> None:
         x, y = batch
         t = self.config.train
-        index = self.position["phase"]
-        if self._gmp(index):
-            step = self.position["epoch"] * self.steps_per_epoch + self.position["step"]
-            total = max(self.plan[1].epochs * self.steps_per_epoch, 1)
-            if step > 0 and step % max(total // t.gmp_updates, 1) == 0:
-                self._gmp_update(step)
+        if self.position["phase"] == self.PRUNE:
+            self.pruner.before_step(self.position["epoch"] * self.steps_per_epoch + self.position["step"])
         assert self.optimizer is not None
         loss, correct = sgd_step(self.model, self.params, self.optimizer, x, y, t.grad_clip, t.label_smoothing,
                                  t.aux_weight)
         self.accumulate(train_loss=loss, train_correct=correct, train_count=len(y))
 
     def epoch_record(self, spec: PhaseSpec, lrs: dict[str, float]) -> dict:
-        test_loss, test_acc = evaluate(self.model, self.test_batches.batches(0))
+        test_loss, test_acc = evaluate(self.model, self.data.evaluation.batches(0), self.device)
         return {"train_loss": self.mean("train_loss"), "train_acc": self.mean("train_correct", "train_count"),
                 "test_loss": test_loss, "test_acc": test_acc, "density": overall_density(self.model), **lrs}
 
@@ -166,18 +131,22 @@ class TrainRun(PhasedRun):
     def load_optimizer_state(self, state: dict) -> None:
         assert self.optimizer is not None
         self.optimizer.load_state_dict(state["optimizer"])
-        if self._gmp(self.position["phase"]):  # the schedule's current sparsity
-            set_sparsity(self.model, 1.0 - min(state["keep_ratios"].values()), self.config.train.mask_scope)
+        if self.position["phase"] == self.PRUNE:  # the schedule's current sparsity
+            self.pruner.resume(state["keep_ratios"])
 
     def finish(self) -> TrainResult:
         records = self.run_dir.log_records()
         save_sparse_model(self.model, self.run_dir.file("model_sparse.pt"),
                           {"config": to_dict(self.config), "input_shape": list(self.input_shape),
-                           "normalization": {"mean": self.normalization.mean.tolist(),
-                                             "std": self.normalization.std.tolist()}})
+                           "normalization": {"mean": self.data.normalization.mean.tolist(),
+                                             "std": self.data.normalization.std.tolist()}})
         return TrainResult(self.run_dir.path, self.model, records[-1]["test_acc"] if records else float("nan"))
 
 
-def train(config: TrainRunConfig, out: str | None = None, progress: bool = True) -> TrainResult:
-    """Train, prune and fine-tune a network; the library twin of ``dass train``."""
+def train(config: TrainRunConfig, out: str | None = None, progress: bool = True,
+          device: str | None = None) -> TrainResult:
+    """Train, prune and fine-tune a network (on ``device`` if given, else ``config.device``); the library twin of
+    ``dass train``."""
+    if device is not None:
+        config = replace(config, device=device).validate()
     return TrainRun.create(config, out, progress).run()

@@ -31,42 +31,61 @@
 
 namespace {
 
-enum Op : int64_t {
-  OP_CONV = 1,
-  OP_ACT = 2,
-  OP_ADD = 3,
-  OP_AFFINE = 4,
-  OP_POOL = 5,
-  OP_GAP = 6,
-  OP_COPY_CHANNELS = 7,
-  OP_SHIFT = 8,
-  OP_ZERO = 9,
-};
+// The codes of the program format. Each list is written once and makes both its enum and its part of
+// dass_signature(), which dass.deploy.program compares with its own enums when it loads this library (a
+// library built from other codes is refused). Values never change: saved programs hold them.
+#define DASS_OPS(M) M(CONV, 1) M(ACT, 2) M(ADD, 3) M(AFFINE, 4) M(POOL, 5) M(GAP, 6) M(COPY_CHANNELS, 7) \
+  M(SHIFT, 8) M(ZERO, 9)
+#define DASS_ACTS(M) M(NONE, 0) M(RELU, 1) M(RELU6, 2)
+// Where a conv reads its input (F_SCRATCH), see run_conv.
+#define DASS_SCRATCH(M) M(IN_PLACE, 0) M(OWN_COPY, 1) M(EARLIER_COPY, 2) M(PER_THREAD, 3)
+// F_AUX of a pool: max, average over the window's pixels inside the plane, average counting the padding.
+#define DASS_POOLS(M) M(MAX, 0) M(AVG_INSIDE, 1) M(AVG_PADDED, 2)
+// Instruction fields (int64 each).
+#define DASS_FIELDS(M)                                                                                      \
+  M(OP, 0) M(X, 1) M(Y, 2) M(OUT, 3)        /* per-image arena offsets (floats) */                          \
+  M(C, 4) M(H, 5) M(W, 6)                   /* input shape */                                               \
+  M(CO, 7) M(HO, 8) M(WO, 9)                /* output shape */                                              \
+  M(K, 10) M(STRIDE, 11) M(PAD, 12) M(DIL, 13) M(GROUPS, 14)                                                \
+  M(ACT, 15) M(IN_ACT, 16)                  /* output activation; activation applied to the input copy */   \
+  M(WEIGHT, 17) M(BIAS, 18)                 /* offsets into the float pool (-1: none) */                    \
+  M(ROWPTR, 19) M(TAPS, 20)                 /* offsets into the int pool */                                 \
+  M(DENSE, 21) M(KTAPS, 22)                 /* 1: dense weights with a shared tap table of KTAPS entries */ \
+  M(HQ, 23) M(WQ, 24) M(SCRATCH, 25)        /* padded/phase-split input plane: see run_conv */              \
+  M(AUX, 26) M(AUX2, 27)                    /* op-specific (pool kind, channel offset, shifts) */           \
+  M(X_IMG, 28) M(Y_IMG, 29) M(OUT_IMG, 30)  /* per-image strides (floats) of x, y, out */                   \
+  M(OUT_PAD, 31)                            /* >0: out is stored zero-padded by this much (see run_conv) */ \
+  M(X_AT, 32) M(Y_AT, 33) M(OUT_AT, 34)     /* offsets inside an image (a channel slice of a bigger one) */ \
+  M(CHANNELS, 35) M(NCHANNELS, 36)          /* input channels some tap reads (int pool): those are copied */\
+  M(PHASES, 37)                             /* bit (a*s + b): some tap reads phase plane (a, b) */          \
+  M(IM2COL, 38)                             /* small planes: one contiguous row of output pixels per tap */ \
+  M(ROWS16, 39)                             /* 1: unfolded 16-pixel rows, taps as 16-bit row numbers */     \
+  M(Y_PAD, 40)                              /* >0: the residual y is stored zero-padded by this much */
+// For tiny output planes the compiler unfolds inputs through a padded copy of at most this many floats on
+// the stack (see build_im2col).
+#define DASS_IM2COL_MAX_PADDED 1024
 
-enum Act : int64_t { ACT_NONE = 0, ACT_RELU = 1, ACT_RELU6 = 2 };
+#define DASS_OP_CODE(name, value) OP_##name = value,
+#define DASS_ACT_CODE(name, value) ACT_##name = value,
+#define DASS_SCRATCH_CODE(name, value) SCRATCH_##name = value,
+#define DASS_POOL_CODE(name, value) POOL_##name = value,
+#define DASS_FIELD_CODE(name, value) F_##name = value,
+#define DASS_COUNT(name, value) +1
+enum Op : int64_t { DASS_OPS(DASS_OP_CODE) };
+enum Act : int64_t { DASS_ACTS(DASS_ACT_CODE) };
+enum Scratch : int64_t { DASS_SCRATCH(DASS_SCRATCH_CODE) };
+enum PoolKind : int64_t { DASS_POOLS(DASS_POOL_CODE) };
+enum Field { DASS_FIELDS(DASS_FIELD_CODE) };
+constexpr int64_t N_FIELDS = 0 DASS_FIELDS(DASS_COUNT);
+constexpr int64_t kIm2colMaxPadded = DASS_IM2COL_MAX_PADDED;
 
-// Instruction fields (int64 each); the Python compiler writes the same indices.
-enum Field {
-  F_OP = 0, F_X = 1, F_Y = 2, F_OUT = 3,           // per-image arena offsets (floats)
-  F_C = 4, F_H = 5, F_W = 6,                       // input shape
-  F_CO = 7, F_HO = 8, F_WO = 9,                    // output shape
-  F_K = 10, F_STRIDE = 11, F_PAD = 12, F_DIL = 13, F_GROUPS = 14,
-  F_ACT = 15, F_IN_ACT = 16,                       // output activation; activation applied to the input copy
-  F_WEIGHT = 17, F_BIAS = 18,                      // offsets into the float pool (-1: none)
-  F_ROWPTR = 19, F_TAPS = 20,                      // offsets into the int pool
-  F_DENSE = 21, F_KTAPS = 22,                      // 1: dense weights with a shared tap table of KTAPS entries
-  F_HQ = 23, F_WQ = 24, F_SCRATCH = 25,            // padded/phase-split input plane: see run_conv
-  F_AUX = 26, F_AUX2 = 27,                          // op-specific (pool kind, channel offset, shifts)
-  F_X_IMG = 28, F_Y_IMG = 29, F_OUT_IMG = 30,      // per-image strides (floats) of x, y, out
-  F_OUT_PAD = 31,                                  // >0: out is stored zero-padded by this much (see run_conv)
-  F_X_AT = 32, F_Y_AT = 33, F_OUT_AT = 34,         // offsets inside an image (a channel slice of a bigger buffer)
-  F_CHANNELS = 35, F_NCHANNELS = 36,               // input channels some tap reads (int pool); only those are copied
-  F_PHASES = 37,                                   // bit (a*s + b): some tap reads phase plane (a, b)
-  F_IM2COL = 38,                                   // small planes: one contiguous row of output pixels per tap
-  F_ROWS16 = 39,                                   // 1: unfolded 16-pixel rows, taps as 16-bit row numbers
-  F_Y_PAD = 40,                                    // >0: the residual y is stored zero-padded by this much
-  N_FIELDS = 41
-};
+#define DASS_SPELL(name, value) #name "=" #value ","
+#define DASS_STRING(x) DASS_STRING_(x)
+#define DASS_STRING_(x) #x
+constexpr char kSignature[] =
+    "op:" DASS_OPS(DASS_SPELL) ";act:" DASS_ACTS(DASS_SPELL) ";scratch:" DASS_SCRATCH(DASS_SPELL)
+    ";pool:" DASS_POOLS(DASS_SPELL) ";field:" DASS_FIELDS(DASS_SPELL)
+    ";limits:IM2COL_MAX_PADDED=" DASS_STRING(DASS_IM2COL_MAX_PADDED) ",";
 
 inline float act_apply(float v, int64_t act) {
   if (act == ACT_RELU) return v > 0.f ? v : 0.f;
@@ -366,7 +385,6 @@ struct Barrier {
 // For tiny output planes (4x4 and below) tiles of a padded plane are only 1-4 pixels wide. There the input
 // is unfolded instead: row (ci, ky, kx) holds the input pixels that tap reads for every output pixel, so each
 // tap is one multiply-add over the whole plane, 16-64 contiguous floats. The unfold is cheap at this size.
-constexpr int64_t kIm2colMaxPadded = 1024;
 
 // (GCC would turn the copy loops below into memcpy calls, which cost more than copying 4 floats; the
 // attribute keeps them loops. Measured: the whole file built that way ran 1.6x slower, so only here.)
@@ -452,13 +470,14 @@ void run_conv(const int64_t* f, const Ctx& c, Counter* next) {
   int64_t src_img = x_img;
   const bool im2col = f[F_IM2COL] != 0;
   // (an input stored padded by its producer has no copy: hq x wq are its padded planes)
-  const int64_t plane = im2col ? f[F_K] * f[F_K] * ho * wo : (f[F_SCRATCH] ? s * s : 1) * hq * wq;
-  // F_SCRATCH: 0 reads x in place; 1 makes a padded / unfolded copy of x, shared by the threads; 2 reads the
-  // copy an earlier conv made of the same input; 3 unfolds x into a copy of each thread's own (the 4x4
-  // planes at batch 1: no barrier after it, no reads of what the other core wrote: 6-10% faster layers; a
-  // batch shares one copy, each thread would otherwise unfold the images the other one computes)
-  const int64_t mode = f[F_SCRATCH] == 3 && n > 1 ? 1 : f[F_SCRATCH];
-  float* const scratch = mode == 3 ? c.scratch + omp_get_thread_num() * n * cin * plane : c.scratch;
+  const int64_t plane = im2col ? f[F_K] * f[F_K] * ho * wo : (f[F_SCRATCH] != SCRATCH_IN_PLACE ? s * s : 1) * hq * wq;
+  // F_SCRATCH: IN_PLACE reads x; OWN_COPY makes a padded / unfolded copy of x, shared by the threads;
+  // EARLIER_COPY reads the copy an earlier conv made of the same input; PER_THREAD unfolds x into a copy of
+  // each thread's own (the 4x4 planes at batch 1: no barrier after it, no reads of what the other core wrote:
+  // 6-10% faster layers; a batch shares one copy, each thread would otherwise unfold the images the other one
+  // computes)
+  const int64_t mode = f[F_SCRATCH] == SCRATCH_PER_THREAD && n > 1 ? SCRATCH_OWN_COPY : f[F_SCRATCH];
+  float* const scratch = mode == SCRATCH_PER_THREAD ? c.scratch + omp_get_thread_num() * n * cin * plane : c.scratch;
   const int32_t* used = c.ipool + f[F_CHANNELS];
   const int64_t nused = f[F_NCHANNELS];
   auto copy_plane = [&](int64_t i, int64_t ch) {   // image i, input channel ch into the copy
@@ -470,14 +489,14 @@ void run_conv(const int64_t* f, const Ctx& c, Counter* next) {
       build_phases(in, h, wd, f[F_PAD], s, hq, wq, f[F_IN_ACT], f[F_PHASES], dst);
     }
   };
-  if (mode == 3) {
+  if (mode == SCRATCH_PER_THREAD) {
     for (int64_t i = 0; i < n; ++i)
       for (int64_t k = 0; k < nused; ++k) copy_plane(i, used[k]);
-  } else if (mode == 1) {
+  } else if (mode == SCRATCH_OWN_COPY) {
     share_equally(next + omp_get_num_threads(), n * nused, [&](int64_t idx) { copy_plane(idx / nused, used[idx % nused]); });
     c.barrier->wait();
   }
-  if (mode) {
+  if (mode != SCRATCH_IN_PLACE) {
     src = scratch;
     src_img = cin * plane;
   }
@@ -554,7 +573,7 @@ void run_conv(const int64_t* f, const Ctx& c, Counter* next) {
 __attribute__((optimize("no-tree-loop-distribute-patterns")))
 void pool_plane(const float* in, float* dst, float* buf, int64_t h, int64_t wd, int64_t ho, int64_t wo, int64_t k,
                 int64_t s, int64_t p, int64_t kind, int64_t act) {
-  const bool is_max = kind == 0;
+  const bool is_max = kind == POOL_MAX;
   const int64_t hp = h + 2 * p, wp = wd + 2 * p, wr = wp - k + 1;   // wr: windows along a row, stride 1
   const float neutral = is_max ? -3.402823466e38f : 0.f;
   float* padded = buf;
@@ -598,10 +617,10 @@ void pool_plane(const float* in, float* dst, float* buf, int64_t h, int64_t wd, 
     } else {
       for (int64_t xo = 0; xo < wo; ++xo) d[xo] = col[xo * s];
     }
-    if (kind == 2) {          // average counting the padding
+    if (kind == POOL_AVG_PADDED) {
       const float n = static_cast<float>(k * k);
       for (int64_t xo = 0; xo < wo; ++xo) d[xo] /= n;
-    } else if (kind == 1) {   // average over the window's pixels inside the plane
+    } else if (kind == POOL_AVG_INSIDE) {
       const float rows_in = static_cast<float>(std::min<int64_t>(y0 + k, p + h) - std::max<int64_t>(y0, p));
       for (int64_t xo = 0; xo < wo; ++xo) d[xo] /= rows_in * cols_in[xo];
     }
@@ -614,7 +633,7 @@ void pool_plane(const float* in, float* dst, float* buf, int64_t h, int64_t wd, 
 }
 
 void run_pool(const int64_t* f, const Ctx& c, Counter* next) {
-  // F_AUX: 0 max, 1 average with count_include_pad=False, 2 average counting padding
+  // F_AUX: the PoolKind
   const int64_t n = c.batch, ch = f[F_C], h = f[F_H], wd = f[F_W], ho = f[F_HO], wo = f[F_WO];
   const int64_t k = f[F_K], s = f[F_STRIDE], p = f[F_PAD], kind = f[F_AUX];
   const float* x = c.at(f, F_X, F_X_AT);
@@ -751,7 +770,8 @@ int dass_run(const int64_t* program, int64_t count, float* arena, float* scratch
   return 0;
 }
 
-int dass_fields() { return N_FIELDS; }
+// The codes this library was built with (see DASS_OPS and the lists after it).
+const char* dass_signature() { return kSignature; }
 
 int dass_max_threads() { return omp_get_max_threads(); }
 

@@ -7,7 +7,7 @@ from dass.errors import DassError
 from dass.search import make_config
 from dass.search.searcher import DassSearch
 from dass.space import Supernet, SupernetConfig
-from dass.space.supernet import channel_shuffle
+from dass.space.mixed import channel_shuffle
 from dass.sparse import set_sparsity, init_scores
 
 

@@ -2,10 +2,14 @@
 
 import torch
 
+import pytest
+
+from dass.errors import DassError
 from dass.search import make_config
+from dass.search.methods import Proxyless, get_method
+from dass.search.methods.proxyless import SampledMixedOp, _BinaryGate, share_sampler
 from dass.search.searcher import DassSearch
 from dass.space import Supernet, SupernetConfig
-from dass.space.supernet import _BinaryGate
 
 
 def test_binary_gate_gradient_is_proxylessnas_estimator():
@@ -26,27 +30,38 @@ def test_binary_gate_gradient_is_proxylessnas_estimator():
 
 def test_sampled_modes_run_one_or_two_paths_per_edge():
     torch.manual_seed(0)
-    model = Supernet(SupernetConfig(init_channels=4, layers=3, nodes=2, multiplier=2))
+    model = Supernet(SupernetConfig(init_channels=4, layers=3, nodes=2, multiplier=2), SampledMixedOp)
+    sampler = share_sampler(model)
     calls = []
     for edge in (e for cell in model.cells for e in cell.edges):
         for op in edge.ops:
             op.register_forward_hook(lambda m, i, o, e=id(edge): calls.append(e))
     x = torch.randn(2, 3, 8, 8)
     edges = sum(len(c.edges) for c in model.cells)
-    model.sampler.generator = torch.Generator().manual_seed(0)
+    generator = torch.Generator().manual_seed(0)
     for mode, per_edge in (("weights", 1), ("argmax", 1), ("arch", 2), (None, 7)):
         calls.clear()
-        model.sampler.mode = mode
-        model(x)
+        with sampler.paths(mode, generator):
+            model(x)
         assert len(calls) == per_edge * edges, mode
-    model.sampler.mode = "arch"
-    loss = model(x).logsumexp(1).mean()
+    assert sampler.mode is None   # each block restores the previous mode
+    with sampler.paths("arch", generator):
+        loss = model(x).logsumexp(1).mean()
     grads = torch.autograd.grad(loss, model.arch_parameters())
     assert all(float(g.abs().sum()) > 0 for g in grads)
 
 
+def test_proxyless_is_a_registered_darts_variant_that_needs_first_order():
+    assert get_method("proxyless") is Proxyless
+    assert make_config("default", sets=["search.method=proxyless"]).search.method == "proxyless"
+    # the old spelling still selects the method
+    assert make_config("default", sets=["search.path_sampling=proxyless"]).search.method == "proxyless"
+    with pytest.raises(DassError, match="first-order"):
+        make_config("default", sets=["search.method=proxyless", "search.order=2"])
+
+
 def test_proxyless_search_runs_all_phases_and_resumes_deterministically(tmp_path):
-    sets = ["search.path_sampling=proxyless", "search.order=1", "search.epochs.warmup=1", "search.epochs.prune=1",
+    sets = ["search.method=proxyless", "search.order=1", "search.epochs.warmup=1", "search.epochs.prune=1",
             "search.epochs.finetune=1", "data.subset=64"]
     a = DassSearch.create(make_config("default", sets=sets), str(tmp_path / "a"), progress=False).run()
     b = DassSearch.create(make_config("default", sets=sets), str(tmp_path / "b"), progress=False).run()

@@ -1,0 +1,99 @@
+"""Search spaces as plug-ins: a space supplies its ops, its supernet, its genotype type and its derivation rule.
+
+The DARTS cell space is the first (``darts``); a space registered with :func:`register_space` becomes
+selectable by name (``model.space``, ``--space``) for both search and final training.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Sequence
+
+from torch import nn
+
+from ..errors import DassError
+from .genotype import Genotype
+from .mixed import MixedOp
+from .network import Network, NetworkConfig
+from .ops import OPS, PRIMITIVES
+from .supernet import Supernet, SupernetConfig
+
+
+class SearchSpace:
+    """What a space must supply. ``options`` are the config's ``model`` section (duck-typed)."""
+
+    name: ClassVar[str] = ""
+    genotype_type: ClassVar[type] = object
+    known_ops: ClassVar[Sequence[str]] = ()
+    default_ops: ClassVar[Sequence[str]] = ()
+
+    def check(self, options: Any) -> None:
+        """Raise :class:`DassError` naming what is wrong with ``options`` for this space."""
+
+    def build_supernet(self, options: Any, in_channels: int, num_classes: int,
+                       mixed_op: type[MixedOp] = MixedOp) -> nn.Module:
+        raise NotImplementedError
+
+    def derive(self, supernet: nn.Module) -> Any:
+        """The discrete architecture the supernet's architecture parameters select."""
+        raise NotImplementedError
+
+    def build_network(self, genotype: Any, options: Any, in_channels: int, num_classes: int) -> nn.Module:
+        """The discrete network of ``genotype`` for final training."""
+        raise NotImplementedError
+
+
+class DartsSpace(SearchSpace):
+    """The DARTS cell space (Liu et al. 2019): 2 input and ``nodes`` intermediate nodes, normal and reduction
+    cells, ops from :data:`~dass.space.ops.OPS` on sparse layers."""
+
+    name = "darts"
+    genotype_type = Genotype
+    known_ops = tuple(OPS)
+    default_ops = PRIMITIVES
+
+    def check(self, options: Any) -> None:
+        unknown = [op for op in options.ops if op not in OPS]
+        if unknown or not options.ops:
+            raise DassError(f"unknown op(s) {unknown or '[]'} in model.ops; known: {', '.join(OPS)}")
+        if all(op == "none" for op in options.ops):
+            raise DassError("model.ops needs at least one op other than none")
+
+    def build_supernet(self, options: Any, in_channels: int, num_classes: int,
+                       mixed_op: type[MixedOp] = MixedOp) -> Supernet:
+        o = options
+        config = SupernetConfig(o.init_channels, o.layers, o.nodes, o.multiplier, o.stem_multiplier, list(o.ops),
+                                in_channels, num_classes, o.partial_channels)
+        return Supernet(config, mixed_op)
+
+    def derive(self, supernet: nn.Module) -> Genotype:
+        return supernet.genotype()
+
+    def build_network(self, genotype: Genotype, options: Any, in_channels: int, num_classes: int) -> Network:
+        o = options
+        return Network(genotype, NetworkConfig(o.init_channels, o.layers, o.auxiliary, o.drop_path,
+                                               in_channels=in_channels, num_classes=num_classes))
+
+
+SPACES: dict[str, SearchSpace] = {}
+
+
+def register_space(space: SearchSpace) -> SearchSpace:
+    """Make ``space`` selectable by its name."""
+    if not space.name:
+        raise ValueError(f"{type(space).__name__} needs a non-empty name to be registered")
+    SPACES[space.name] = space
+    return space
+
+
+def available_spaces() -> list[str]:
+    return sorted(SPACES)
+
+
+def get_space(name: str) -> SearchSpace:
+    try:
+        return SPACES[name]
+    except KeyError:
+        raise DassError(f"unknown search space {name!r}; known: {', '.join(available_spaces())}") from None
+
+
+register_space(DartsSpace())

@@ -1,0 +1,65 @@
+"""The contract between training and everything downstream (evaluation, export, benchmarks).
+
+A finished ``dass train`` run directory holds ``config.yaml`` and ``model_sparse.pt``; :func:`load_trained`
+turns it into a :class:`TrainedModel`, so deployment never reads training's files or dicts itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .data import ImageDataset, Normalization, load_dataset
+from .errors import DassError
+from .runtime import RunDir
+from .runtime.config import build, load_yaml
+from .runtime.device import resolve_device
+from .sparse.serialize import load_sparse_model, unpack_into
+from .train.config import TrainRunConfig
+from .train.pipeline import build_network
+
+MODEL_FILE = "model_sparse.pt"
+
+
+@dataclass
+class TrainedModel:
+    """A trained, pruned network in eval mode, and what it needs to be fed."""
+
+    model: nn.Module
+    config: TrainRunConfig
+    normalization: Normalization
+    input_shape: tuple[int, int, int]    # C, H, W
+    dataset: ImageDataset
+    checkpoint_bytes: int
+    run_dir: Path
+
+    def test_images(self, count: int | None = None) -> torch.Tensor:
+        """The first ``count`` (default all) test images, normalized as in training, on the CPU."""
+        return self.normalization(self.dataset.x_test[:count]).contiguous()
+
+    @property
+    def test_labels(self) -> torch.Tensor:
+        return torch.from_numpy(self.dataset.y_test)
+
+
+def load_trained(run_dir: str | Path, device: str | torch.device | None = None) -> TrainedModel:
+    """The finished training run in ``run_dir``, its model on ``device`` (default cpu)."""
+    run = RunDir(Path(run_dir))
+    path = run.file(MODEL_FILE)
+    if not path.is_file():
+        raise DassError(f"{run_dir} has no {MODEL_FILE}; is it a finished `dass train` run? "
+                        f"(resume an unfinished one with `dass train --resume {run_dir}`)")
+    target = resolve_device(device)
+    packed = load_sparse_model(path)
+    config = build(TrainRunConfig, load_yaml(run.file(RunDir.CONFIG))).validate()
+    meta = packed["meta"]
+    shape = tuple(int(s) for s in meta["input_shape"])
+    dataset = load_dataset(config.data.dataset, config.data.data_dir)
+    model = build_network(config, shape[0], dataset.num_classes, run.path)
+    unpack_into(model, packed["packed"])
+    stats = meta["normalization"]
+    norm = Normalization(torch.tensor(stats["mean"]), torch.tensor(stats["std"]))
+    return TrainedModel(model.to(target).eval(), config, norm, shape, dataset, path.stat().st_size, run.path)
