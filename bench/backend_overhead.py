@@ -22,7 +22,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
-from dass.deploy.compiler import FIELDS, N_FIELDS, OPS, Program  # noqa: E402
+from dass.deploy.program import N_FIELDS, Field, Op, Program  # noqa: E402
 from dass.deploy.packed import PackedModel  # noqa: E402
 
 OPS_COUNT, SIZE, THREADS, REPEATS = 500, 64, 2, 200
@@ -33,10 +33,10 @@ def dass_program() -> PackedModel:
     for k in range(OPS_COUNT):
         src, dst = (0, SIZE) if k % 2 == 0 else (SIZE, 0)
         r = rows[k]
-        r[FIELDS["OP"]], r[FIELDS["ACT"]] = OPS["act"], 1
-        r[FIELDS["X"]], r[FIELDS["OUT"]], r[FIELDS["Y"]] = src, dst, -1
-        r[FIELDS["C"]], r[FIELDS["H"]], r[FIELDS["W"]] = SIZE, 1, 1
-        r[FIELDS["X_IMG"]] = r[FIELDS["OUT_IMG"]] = SIZE
+        r[Field.OP], r[Field.ACT] = Op.ACT, 1
+        r[Field.X], r[Field.OUT], r[Field.Y] = src, dst, -1
+        r[Field.C], r[Field.H], r[Field.W] = SIZE, 1, 1
+        r[Field.X_IMG] = r[Field.OUT_IMG] = SIZE
     out = 0 if OPS_COUNT % 2 == 0 else SIZE
     program = Program(rows, np.zeros(1, np.float32), np.zeros(1, np.int32), 2 * SIZE, 0, 0, (SIZE, 1, 1), out,
                       (SIZE, 1, 1), ["act"] * OPS_COUNT, [0] * OPS_COUNT, (SIZE,))

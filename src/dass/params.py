@@ -38,26 +38,12 @@ class ParamRoles:
     def of(self, *roles: Role) -> list[nn.Parameter]:
         return [p for _, p, role in self.named if role in roles]
 
-    @property
-    def sparse(self) -> list[nn.Parameter]:
-        return self.of(Role.SPARSE)
-
-    @property
-    def scores(self) -> list[nn.Parameter]:
-        return self.of(Role.SCORE)
-
-    @property
-    def arch(self) -> list[nn.Parameter]:
-        return self.of(Role.ARCH)
-
-    @property
-    def other(self) -> list[nn.Parameter]:
-        return self.of(Role.OTHER)
-
-    @property
-    def weights(self) -> list[nn.Parameter]:
-        """What the weight optimizer trains: everything but scores and architecture parameters."""
-        return self.of(Role.SPARSE, Role.OTHER)
+    sparse = property(lambda self: self.of(Role.SPARSE))
+    scores = property(lambda self: self.of(Role.SCORE))
+    arch = property(lambda self: self.of(Role.ARCH))
+    other = property(lambda self: self.of(Role.OTHER))
+    # what the weight optimizer trains: everything but scores and architecture parameters
+    weights = property(lambda self: self.of(Role.SPARSE, Role.OTHER))
 
     def deployable(self) -> list[tuple[str, nn.Parameter]]:
         """What a deployed model needs: the weights, with their names."""

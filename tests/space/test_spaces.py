@@ -39,4 +39,4 @@ def test_a_registered_space_is_selectable_by_name():
         assert "tiny-test" in available_spaces()
         assert isinstance(get_space("tiny-test"), Tiny)
     finally:
-        SPACES.pop("tiny-test", None)
+        SPACES.unregister("tiny-test")

@@ -71,4 +71,4 @@ def test_a_registered_pruner_trains_end_to_end(tmp_path):
         result = train(config, str(tmp_path / "run"), progress=False)
         assert abs(overall_density(result.model) - 0.1) < 0.02
     finally:
-        PRUNERS.pop("oneshot-test", None)
+        PRUNERS.unregister("oneshot-test")

@@ -7,6 +7,7 @@ only, not PyTorch.
 from importlib import import_module
 
 _NAMES = {"fold_batchnorm": ".fold", "materialize": ".fold", "compile_model": ".compiler",
+          "CompileOptions": ".compiler", "register_lowering": ".compiler",
           "PackedModel": ".packed", "compare_speed": ".speed"}
 __all__ = list(_NAMES)
 

@@ -26,7 +26,6 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from ..errors import DassError
 from .fold import fold_batchnorm
-from .program import FIELDS, OPS  # noqa: F401 (bench/backend_overhead.py imports these from here)
 from .program import IM2COL_MAX_PADDED, N_FIELDS, Act, Field, Op, PoolKind, Program, Scratch
 
 ALIGN = 16  # floats: arena buffers start on cache lines

@@ -16,6 +16,7 @@ import numpy as np
 
 from ..errors import DassError
 from ..runtime.files import atomic_write  # (dass.runtime imports torch lazily)
+from .defaults import DEFAULT_THREADS
 from .program import N_FIELDS, Program
 from .native import library
 
@@ -38,7 +39,7 @@ def _aligned_zeros(count: int) -> np.ndarray:
 class PackedModel:
     """Runs a :class:`Program` on NumPy batches with the compiled kernels."""
 
-    def __init__(self, program: Program, threads: int = 2):
+    def __init__(self, program: Program, threads: int = DEFAULT_THREADS):
         if program.instructions.shape[1:] != (N_FIELDS,):
             raise DassError("packed model has a malformed instruction table")
         self.program = program
@@ -125,7 +126,7 @@ class PackedModel:
         return path
 
     @classmethod
-    def load(cls, path: str | Path, threads: int = 2) -> "PackedModel":
+    def load(cls, path: str | Path, threads: int = DEFAULT_THREADS) -> "PackedModel":
         path = Path(path)
         if not path.is_file():
             raise DassError(f"no packed model at {path}; make one with `dass export RUN_DIR`")

@@ -107,10 +107,6 @@ IM2COL_MAX_PADDED = 1024  # floats: the runtime unfolds through a padded copy of
 # The enums by the names the runtime's signature gives them.
 ENUMS: dict[str, type[IntEnum]] = {"op": Op, "act": Act, "scratch": Scratch, "pool": PoolKind, "field": Field}
 
-# Name tables for scripts written against the earlier dicts (bench/backend_overhead.py).
-FIELDS = {f.name: f.value for f in Field}
-OPS = {op.name.lower(): op.value for op in Op}
-
 
 def _sections() -> dict[str, str]:
     sections = {key: "".join(f"{m.name}={m.value}," for m in enum) for key, enum in ENUMS.items()}

@@ -11,6 +11,7 @@ from typing import Any, ClassVar, Sequence
 from torch import nn
 
 from ..errors import DassError
+from ..registry import Registry
 from .genotype import Genotype
 from .mixed import MixedOp
 from .network import Network, NetworkConfig
@@ -74,26 +75,9 @@ class DartsSpace(SearchSpace):
                                                in_channels=in_channels, num_classes=num_classes))
 
 
-SPACES: dict[str, SearchSpace] = {}
-
-
-def register_space(space: SearchSpace) -> SearchSpace:
-    """Make ``space`` selectable by its name."""
-    if not space.name:
-        raise ValueError(f"{type(space).__name__} needs a non-empty name to be registered")
-    SPACES[space.name] = space
-    return space
-
-
-def available_spaces() -> list[str]:
-    return sorted(SPACES)
-
-
-def get_space(name: str) -> SearchSpace:
-    try:
-        return SPACES[name]
-    except KeyError:
-        raise DassError(f"unknown search space {name!r}; known: {', '.join(available_spaces())}") from None
-
+SPACES: Registry[SearchSpace] = Registry("search space")
+register_space = SPACES.register       # selectable by ``name`` (``model.space``, ``--space``)
+available_spaces = SPACES.names
+get_space = SPACES.get
 
 register_space(DartsSpace())

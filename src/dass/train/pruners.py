@@ -13,7 +13,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from ..errors import DassError
+from ..registry import Registry
 from ..sparse import Phase, init_scores, set_sparsity
 from ..sparse.layers import sparse_layers
 
@@ -84,27 +84,10 @@ class GradualMagnitude(Pruner):
         set_sparsity(self.model, 1.0 - min(keep_ratios.values()), self.scope)
 
 
-PRUNERS: dict[str, type[Pruner]] = {}
-
-
-def register_pruner(cls: type[Pruner]) -> type[Pruner]:
-    """Class decorator: make a pruner selectable by its ``name``."""
-    if not cls.name:
-        raise ValueError(f"{cls.__name__} needs a non-empty name to be registered")
-    PRUNERS[cls.name] = cls
-    return cls
-
-
-def available_pruners() -> list[str]:
-    return sorted(PRUNERS)
-
-
-def get_pruner(name: str) -> type[Pruner]:
-    try:
-        return PRUNERS[name]
-    except KeyError:
-        raise DassError(f"unknown pruner {name!r}; known: {', '.join(available_pruners())}") from None
-
+PRUNERS: Registry[type[Pruner]] = Registry("pruner")
+register_pruner = PRUNERS.register     # class decorator: selectable by ``name`` (``train.pruner``, ``--pruner``)
+available_pruners = PRUNERS.names
+get_pruner = PRUNERS.get
 
 register_pruner(Hydra)
 register_pruner(GradualMagnitude)

@@ -40,4 +40,4 @@ def test_a_variant_overrides_one_hook_and_the_run_uses_it(tmp_path):
         assert torch.equal(result.model.alphas_normal, before)   # alphas untouched
         assert result.genotype.meta["method"] == "weights-only-test"
     finally:
-        METHODS.pop("weights-only-test", None)
+        METHODS.unregister("weights-only-test")

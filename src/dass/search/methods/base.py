@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, ClassVar, ContextManager
 import torch
 from torch import nn
 
-from ...errors import DassError
+from ...registry import Registry
 from ...space.mixed import MixedOp
 
 if TYPE_CHECKING:
@@ -84,23 +84,7 @@ class SearchMethod:
         return self.model.genotype()
 
 
-METHODS: dict[str, type[SearchMethod]] = {}
-
-
-def register_method(cls: type[SearchMethod]) -> type[SearchMethod]:
-    """Class decorator: make a method selectable by its ``name`` (``search.method``, ``--method``)."""
-    if not cls.name:
-        raise ValueError(f"{cls.__name__} needs a non-empty name to be registered")
-    METHODS[cls.name] = cls
-    return cls
-
-
-def available_methods() -> list[str]:
-    return sorted(METHODS)
-
-
-def get_method(name: str) -> type[SearchMethod]:
-    try:
-        return METHODS[name]
-    except KeyError:
-        raise DassError(f"unknown search method {name!r}; known: {', '.join(available_methods())}") from None
+METHODS: Registry[type[SearchMethod]] = Registry("search method")
+register_method = METHODS.register     # class decorator: selectable by ``name`` (``search.method``, ``--method``)
+available_methods = METHODS.names
+get_method = METHODS.get

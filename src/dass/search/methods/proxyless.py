@@ -118,8 +118,8 @@ class Proxyless(Darts):
         self.sampler.mode = "argmax"   # evaluation between steps uses the most likely paths
 
     def step(self, batch: SearchBatch, lower: LowerOptimizers, position: StepPosition) -> dict[str, float]:
-        self.sampler.generator = torch.Generator().manual_seed(
-            position.seed * 1_000_003 + position.phase * 100_003 + position.epoch * 10_007 + position.step)
+        self.sampler.generator = stream_generator(position.seed, PATH_STREAM, position.phase, position.epoch,
+                                                  position.step)
         return super().step(batch, lower, position)
 
     def architecture_step(self, batch: SearchBatch, lower: LowerOptimizers) -> float:
