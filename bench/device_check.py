@@ -52,8 +52,8 @@ def main() -> None:
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="dass-device-"))
     for kind in ("search", "train"):
-        cpu = _job(kind, "cpu", root / f"{kind}-cpu")
-        dev = _job(kind, args.device, root / f"{kind}-{args.device.replace(':', '')}")
+        cpu = _job(kind, "cpu", root / f"{kind}-reference")
+        dev = _job(kind, args.device, root / f"{kind}-device")
         same = {k: cpu[k] == dev[k] for k in ("genotype", "test_acc") if k in cpu}
         print(f"{kind}: cpu {cpu['s_per_step']:.3f} s/step, {args.device} {dev['s_per_step']:.3f} s/step "
               f"(ratio {cpu['s_per_step'] / dev['s_per_step']:.2f}x); final train loss cpu {cpu['train_loss']:.4f} "
