@@ -10,7 +10,8 @@ import torch
 from .data import EVAL_BATCH, TensorBatches
 from .deploy.compiler import compile_model
 from .deploy.packed import PackedModel
-from .deploy.speed import DEFAULT_THREADS, packed_latency
+from .deploy.defaults import DEFAULT_THREADS
+from .deploy.speed import packed_latency
 from .errors import DassError
 from .loop import evaluate as evaluate_model
 from .metrics import count, measure_latency

@@ -30,8 +30,7 @@ def test_search_genotype_trains_evaluates_and_compares(tmp_path, cifar_subset):
         train = run_cli("train", "--dataset", str(cifar_subset), "--sparsity", "0.9", *extra, *TINY_TRAIN,
                         "--out", str(out))
         assert train.returncode == 0, train.stderr
-        trained = load_trained(out)
-        model, config = trained.model, trained.config
+        model = load_trained(out).model
         for row in density_report(model):  # the packed checkpoint keeps exactly the target density
             assert row.nonzero == kept_count(row.total, 0.1), row.name
         ev = run_cli("eval", str(out), "--repeats", "2")

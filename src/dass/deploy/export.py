@@ -13,7 +13,7 @@ from ..errors import DassError
 from ..models import build_model
 from ..runtime import atomic_write_text
 from ..sparse import init_scores, set_sparsity
-from ..trained import TrainedModel, load_trained
+from ..trained import load_trained
 from .compiler import compile_model
 from .defaults import DEFAULT_THREADS
 from .packed import PackedModel
@@ -27,16 +27,11 @@ CALIBRATION_IMAGES = 256   # noise images that set batch-norm statistics of synt
 CHECK_IMAGES = 64   # test images the packed model is checked on against PyTorch
 
 
-def _trained_on_cpu(run_dir: str | Path) -> TrainedModel:
-    """The packed runtime is a CPU engine: the PyTorch reference it is compared with runs on the CPU too."""
-    return load_trained(Path(run_dir), "cpu")
-
-
 def export_run(run_dir: str | Path, out: str | Path | None = None, onnx: bool = False,
                threads: int = DEFAULT_THREADS) -> dict:
     """Pack a finished training run; check the packed (and ONNX) model against PyTorch on test images."""
     run_dir = Path(run_dir)
-    trained = _trained_on_cpu(run_dir)
+    trained = load_trained(run_dir, "cpu")   # the packed runtime is a CPU engine: so is its reference
     model, shape = trained.model, trained.input_shape
     packed = PackedModel(compile_model(model, shape), threads=threads)
     images = trained.test_images(CHECK_IMAGES)
@@ -77,7 +72,7 @@ def synthetic_model(name: str, sparsity: float, input_shape: tuple[int, int, int
 
 def bench_run(run_dir: str | Path, batches: tuple[int, ...], threads: int, rounds: int) -> SpeedReport:
     run_dir = Path(run_dir)
-    trained = _trained_on_cpu(run_dir)
+    trained = load_trained(run_dir, "cpu")
     packed_file = run_dir / PACKED_NAME
     packed = PackedModel.load(packed_file, threads) if packed_file.is_file() else None
     report = compare_speed(trained.model, trained.input_shape, batches, threads, rounds,

@@ -79,12 +79,12 @@ class SampledMixedOp(MixedOp):
         w = weights[torch.tensor(self.active)]
         if mode == "argmax" or len(self.active) == 1:
             return self.ops[self.active[int(w.argmax())]](x)
-        g = self.sampler.generator
+        g = self.sampler.generator   # a CPU generator: draws happen on CPU copies of the (tiny) weights
         if mode == "weights":
-            return self.ops[self.active[int(torch.multinomial(w.detach(), 1, generator=g))]](x)
-        a, b = (int(i) for i in torch.multinomial(w.detach(), 2, replacement=False, generator=g))
+            return self.ops[self.active[int(torch.multinomial(w.detach().cpu(), 1, generator=g))]](x)
+        a, b = (int(i) for i in torch.multinomial(w.detach().cpu(), 2, replacement=False, generator=g))
         probs = w[[a, b]] / w[[a, b]].sum()
-        chosen = int(torch.multinomial(probs.detach(), 1, generator=g))
+        chosen = int(torch.multinomial(probs.detach().cpu(), 1, generator=g))
         return _BinaryGate.apply(probs, self.ops[self.active[a]](x), self.ops[self.active[b]](x), chosen)
 
 
