@@ -36,13 +36,12 @@ def _add_device(p: argparse.ArgumentParser, what: str = "models and batches") ->
     p.add_argument("--device", help=f"where {what} run: cpu (default), cuda, cuda:N or mps")
 
 
-def _cpu_only(args: argparse.Namespace) -> int:
+def _check_cpu(args: argparse.Namespace) -> None:
     """The packed sparse runtime is a CPU engine: ``--device`` may only say so."""
     from .runtime import resolve_device
 
     if resolve_device(args.device).type != "cpu":
         raise DassError(f"`dass {args.command}` runs the packed sparse runtime, a CPU engine; drop --device {args.device}")
-    return args.threads if args.threads is not None else DEFAULT_THREADS
 
 
 def _flag_overrides(args: argparse.Namespace, section: str = "search") -> dict:
@@ -172,7 +171,8 @@ def cmd_show(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from .deploy.export import export_run
 
-    result = export_run(args.run_dir, out=args.out, onnx=args.onnx, threads=_cpu_only(args))
+    _check_cpu(args)
+    result = export_run(args.run_dir, out=args.out, onnx=args.onnx, threads=args.threads)
     print(json.dumps(result, indent=2))
     return 0
 
@@ -191,12 +191,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .deploy.export import bench_run, report_dict, synthetic_model
     from .deploy.speed import compare_speed
 
-    threads = _cpu_only(args)
+    _check_cpu(args)
     batches = _int_list(args.batch, "--batch")
     if (args.run_dir is None) == (args.model is None):
         raise DassError("give either a trained RUN_DIR or --model NAME --sparsity S (a synthetically pruned model)")
     if args.run_dir:
-        report = bench_run(args.run_dir, batches, threads, args.rounds)
+        report = bench_run(args.run_dir, batches, args.threads, args.rounds)
         target = args.run_dir
     else:
         if args.sparsity is None or not 0 <= args.sparsity < 1:
@@ -210,7 +210,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if args.layers:
             kwargs["layers"] = args.layers
         model = synthetic_model(args.model, args.sparsity, shape, **kwargs)
-        report = compare_speed(model, shape, batches, threads, args.rounds)
+        report = compare_speed(model, shape, batches, args.threads, args.rounds)
         target = f"{args.model} at {args.sparsity:.0%} sparsity (synthetic)"
     print(f"{target}: {report.nonzero_macs:,} nonzero multiply-adds per image, {report.threads} threads\n")
     print(report.table())
@@ -257,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("--out", help="packed model file (default RUN_DIR/model_packed.npz)")
     p.add_argument("--onnx", action="store_true", help="also write model.onnx (BN folded) and check it")
-    p.add_argument("--threads", type=int, help=f"runtime threads (default {DEFAULT_THREADS})")
+    p.add_argument("--threads", type=int, default=DEFAULT_THREADS)
     _add_device(p, "the packed runtime")
     p.set_defaults(func=cmd_export)
 
@@ -270,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", type=int)
     p.add_argument("--input", default="3,32,32", help="per-image input shape C,H,W (synthetic models)")
     p.add_argument("--batch", default="1,64", help="batch sizes, comma-separated")
-    p.add_argument("--threads", type=int, help=f"threads of both engines (default {DEFAULT_THREADS})")
+    p.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="threads of both engines")
     _add_device(p, "the packed runtime")
     p.add_argument("--rounds", type=int, default=7, help="alternating timing rounds (medians are reported)")
     p.add_argument("--json", action="store_true", help="also print the results as JSON")

@@ -76,7 +76,7 @@ class DassSearch(PhasedRun):
         self.arch_optimizer = torch.optim.Adam(arch, lr=s.arch_lr, betas=(s.arch_beta1, s.arch_beta2),
                                                weight_decay=s.arch_weight_decay)
         self.architect = Architect(self.model, arch, self.arch_optimizer, s.order, s.unrolled_eps)
-        self.method.attach(self.model, self.architect)
+        self.method.attach(self.model, self.architect, self.space)
         self.plan = phase_plan(config)
         self.lower: LowerOptimizers | None = None
         self.cost: CostObjective | None = None

@@ -15,7 +15,7 @@ from ..registry import Registry
 from .genotype import Genotype
 from .mixed import MixedOp
 from .network import Network, NetworkConfig
-from .ops import OPS, PRIMITIVES
+from .ops import OPS
 from .supernet import Supernet, SupernetConfig
 
 
@@ -24,8 +24,7 @@ class SearchSpace:
 
     name: ClassVar[str] = ""
     genotype_type: ClassVar[type] = object
-    known_ops: ClassVar[Sequence[str]] = ()
-    default_ops: ClassVar[Sequence[str]] = ()
+    known_ops: ClassVar[Sequence[str]] = ()   # the op names a genotype of this space may use
 
     def check(self, options: Any) -> None:
         """Raise :class:`DassError` naming what is wrong with ``options`` for this space."""
@@ -50,12 +49,11 @@ class DartsSpace(SearchSpace):
     name = "darts"
     genotype_type = Genotype
     known_ops = tuple(OPS)
-    default_ops = PRIMITIVES
 
     def check(self, options: Any) -> None:
-        unknown = [op for op in options.ops if op not in OPS]
+        unknown = [op for op in options.ops if op not in self.known_ops]
         if unknown or not options.ops:
-            raise DassError(f"unknown op(s) {unknown or '[]'} in model.ops; known: {', '.join(OPS)}")
+            raise DassError(f"unknown op(s) {unknown or '[]'} in model.ops; known: {', '.join(self.known_ops)}")
         if all(op == "none" for op in options.ops):
             raise DassError("model.ops needs at least one op other than none")
 

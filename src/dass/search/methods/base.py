@@ -20,7 +20,7 @@ from ...registry import Registry
 from ...space.mixed import MixedOp
 
 if TYPE_CHECKING:
-    from ...space import Genotype
+    from ...space import Genotype, SearchSpace
     from ..architect import Architect
     from ..config import SearchConfig
     from ..lower import LowerOptimizers
@@ -50,21 +50,21 @@ class SearchMethod:
     """Base class: subclasses set ``name`` and implement :meth:`step`; register them with :func:`register_method`."""
 
     name: ClassVar[str] = ""
-    description: ClassVar[str] = ""
     mixed_op: ClassVar[type[MixedOp]] = MixedOp
 
     def __init__(self, config: "SearchConfig"):
         self.config = config
         self.model: nn.Module | None = None
         self.architect: "Architect | None" = None
+        self.space: "SearchSpace | None" = None
 
     @classmethod
     def check(cls, config: "SearchConfig") -> None:
         """Raise :class:`DassError` if the method cannot run with ``config``."""
 
-    def attach(self, model: nn.Module, architect: "Architect") -> None:
-        """Bind the built supernet and its architect (called once, before any phase)."""
-        self.model, self.architect = model, architect
+    def attach(self, model: nn.Module, architect: "Architect", space: "SearchSpace") -> None:
+        """Bind the built supernet, its architect and its space (called once, before any phase)."""
+        self.model, self.architect, self.space = model, architect, space
 
     def enter_phase(self) -> None:
         """Called when a phase starts or resumes, after the run has set masks and optimizers."""
@@ -79,9 +79,9 @@ class SearchMethod:
         return nullcontext()
 
     def select(self) -> "Genotype":
-        """The final architecture (Archai's finalizer); by default the supernet's own derivation rule."""
-        assert self.model is not None
-        return self.model.genotype()
+        """The final architecture (Archai's finalizer); by default the space's derivation rule."""
+        assert self.model is not None and self.space is not None
+        return self.space.derive(self.model)
 
 
 METHODS: Registry[type[SearchMethod]] = Registry("search method")

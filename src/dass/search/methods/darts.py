@@ -12,7 +12,6 @@ class Darts(SearchMethod):
     """First or second order (``search.order``); the architect sees the masked supernet (DASS)."""
 
     name = "darts"
-    description = "DARTS: softmax-weighted mixed ops, first- or second-order architecture steps"
 
     def step(self, batch: SearchBatch, lower: LowerOptimizers, position: StepPosition) -> dict[str, float]:
         arch_loss = self.architecture_step(batch, lower)

@@ -102,7 +102,6 @@ class Proxyless(Darts):
     """DARTS with sampled paths and binary gates (first order only)."""
 
     name = "proxyless"
-    description = "ProxylessNAS: one sampled op per edge per weight step, two with a binary gate per arch step"
     mixed_op = SampledMixedOp
 
     @classmethod
@@ -110,8 +109,8 @@ class Proxyless(Darts):
         if config.order != 1:
             raise DassError("search method proxyless needs first-order architecture steps (--order 1)")
 
-    def attach(self, model: nn.Module, architect) -> None:
-        super().attach(model, architect)
+    def attach(self, model: nn.Module, architect, space) -> None:
+        super().attach(model, architect, space)
         self.sampler = share_sampler(model)
 
     def enter_phase(self) -> None:
