@@ -90,7 +90,7 @@ def test_out_dir_with_a_run_is_not_overwritten(tmp_path, capsys):
     run = _run_dir(tmp_path)
     save_checkpoint(run / "checkpoint.pt", {"x": 1}, "search")
     code, err = _run(capsys, "search", "--out", str(run), "--quiet")
-    assert code == 2 and "already holds a run" in err
+    assert code == 2 and "is not empty" in err and "--resume" in err
 
 
 def test_show_prints_and_draws(tmp_path, capsys):

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .deploy.defaults import DEFAULT_THREADS
-from .errors import DassError
+from .errors import DassError, Interrupted
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -28,7 +28,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--subset", type=int, metavar="N", help="use only the first N training images (quick trial)")
     p.add_argument("--threads", type=int, help="torch intra-op threads")
     _add_device(p)
-    p.add_argument("--out", help="run directory (default runs/search-TIMESTAMP)")
+    p.add_argument("--out", help="run directory (default runs/KIND-TIMESTAMP); must be new or empty")
+    p.add_argument("--force", action="store_true",
+                   help="use a non-empty --out anyway: its old contents are moved aside to OUT.replaced-TIMESTAMP")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -85,10 +87,12 @@ def _flag_overrides(args: argparse.Namespace, section: str = "search") -> dict:
 
 RUN_FLAGS = ("config", "dataset", "sparsity", "epochs", "init_channels", "layers", "batch_size", "order", "seed",
              "subset", "out", "model", "genotype", "size", "pruner", "method", "space")
+SEED_MAX = 2**32 - 1
 
 
 def _refuse_flags_with_resume(args: argparse.Namespace) -> None:
-    given = [f for f in RUN_FLAGS if getattr(args, f, None) is not None] + (["set"] if args.sets else [])
+    given = ([f for f in RUN_FLAGS if getattr(args, f, None) is not None] + (["set"] if args.sets else [])
+             + (["force"] if args.force else []))
     if given:
         raise DassError("--resume continues a run with its saved config; drop "
                         + ", ".join("--" + g.replace("_", "-") for g in given))
@@ -100,10 +104,10 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     if args.resume:
         _refuse_flags_with_resume(args)
-        runner = DassSearch.resume(args.resume, progress=not args.quiet, device=args.device)
+        runner = DassSearch.resume(args.resume, progress=not args.quiet, device=args.device, threads=args.threads)
     else:
         config = make_config(args.config or "default", _flag_overrides(args), args.sets)
-        runner = DassSearch.create(config, args.out, progress=not args.quiet)
+        runner = DassSearch.create(config, args.out, progress=not args.quiet, force=args.force)
     print(f"run directory: {runner.run_dir.path}", file=sys.stderr)
     result = runner.run()
     print(result.genotype.to_darts_string())
@@ -116,13 +120,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.resume:
         _refuse_flags_with_resume(args)
-        runner = TrainRun.resume(args.resume, progress=not args.quiet, device=args.device)
+        runner = TrainRun.resume(args.resume, progress=not args.quiet, device=args.device, threads=args.threads)
     else:
         overrides = _flag_overrides(args, "train")
         if args.genotype and not args.model:
             overrides.setdefault("model", {})["name"] = "genotype"
         config = make_train_config(args.config or "train-default", overrides, args.sets)
-        runner = TrainRun.create(config, args.out, progress=not args.quiet)
+        runner = TrainRun.create(config, args.out, progress=not args.quiet, force=args.force)
     print(f"run directory: {runner.run_dir.path}", file=sys.stderr)
     result = runner.run()
     print(f"test top-1 {100 * result.test_acc:.2f}%  ({result.run_dir / 'model_sparse.pt'})")
@@ -161,8 +165,12 @@ def cmd_show(args: argparse.Namespace) -> int:
                 pair = ", ".join(f"{op} <- {'c_{k-2}' if j == 0 else 'c_{k-1}' if j == 1 else f'node {j - 2}'}"
                                  for op, j in edges[k:k + 2])
                 print(f"  node {k // 2}: {pair}")
-    png = Path(args.png) if args.png else (Path(args.genotype).with_suffix(".png") if Path(args.genotype).is_file()
-                                           else Path(f"{args.genotype}.png"))
+    source = Path(args.genotype)
+    png = Path(args.png) if args.png else (source.with_suffix(".png") if source.is_file() else Path(f"{args.genotype}.png"))
+    if source.is_file() and png.exists() and png.resolve() == source.resolve():
+        if args.png:
+            raise DassError(f"--png {png} is the genotype file itself; choose another --png")
+        png = source.with_name(source.name + ".cells.png")   # never draw over the input
     draw_genotype(genotype, png)
     print(f"drawing: {png}", file=sys.stderr)
     return 0
@@ -193,6 +201,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     _check_cpu(args)
     batches = _int_list(args.batch, "--batch")
+    if args.rounds < 1 or args.threads < 1:
+        raise DassError(f"--rounds and --threads must be at least 1, got {args.rounds} and {args.threads}")
     if (args.run_dir is None) == (args.model is None):
         raise DassError("give either a trained RUN_DIR or --model NAME --sparsity S (a synthetically pruned model)")
     if args.run_dir:
@@ -289,12 +299,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except Interrupted as exc:
+        print(f"dass: {exc}", file=sys.stderr)
+        return 130
     except DassError as exc:
         print(f"dass: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"dass: interrupted; continue with `dass {args.command} --resume RUN_DIR`", file=sys.stderr)
+    except KeyboardInterrupt:   # outside a run's loop: nothing was saved
+        print("dass: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:   # the file system said no (full disk, permissions, a folder where a file was expected)
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"dass: error: {exc.strerror or exc}{where}; check the path, free space and permissions", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print("dass: error: out of memory; use a smaller --batch-size, --subset or model", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -16,13 +16,17 @@ from .errors import DassError
 from .loop import evaluate as evaluate_model
 from .metrics import count, measure_latency
 from .runtime import atomic_write_text
-from .trained import load_trained
+from .runtime.files import check_writable, file_digest
+from .trained import MODEL_FILE, load_trained
 
 
 def evaluate_run(run_dir: str | Path, latency: bool = True, repeats: int = 20, device: str | None = None) -> dict:
     """Evaluate a finished run and write ``eval.json`` into it; the library twin of ``dass eval``.
 
     Accuracy is measured on ``device``; counts and latencies on the CPU (what the edge deployment runs)."""
+    if repeats < 1:
+        raise DassError(f"--repeats must be at least 1, got {repeats}")
+    check_writable(Path(run_dir), "dass eval writes eval.json into the run directory")
     trained = load_trained(Path(run_dir), device)
     model, config = trained.model, trained.config
     test = TensorBatches(trained.test_images(), trained.test_labels, EVAL_BATCH, 0, 0, shuffle=False)
@@ -38,6 +42,7 @@ def evaluate_run(run_dir: str | Path, latency: bool = True, repeats: int = 20, d
         "top1": acc,
         **counts.to_dict(),
         "checkpoint_bytes": trained.checkpoint_bytes,
+        "model_sha256": file_digest(Path(run_dir) / MODEL_FILE),
         "dense_fp32_bytes": 4 * counts.params,
     }
     if latency:
@@ -75,9 +80,15 @@ def compare_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _fresh_eval(run_dir: Path) -> dict | None:
+    """The run's eval.json if it was measured on the run's current model (else it is measured again)."""
+    try:
+        result = json.loads((run_dir / "eval.json").read_text())
+        return result if result["model_sha256"] == file_digest(run_dir / MODEL_FILE) else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def compare_runs(run_dirs: list[str | Path]) -> str:
-    results = []
-    for d in run_dirs:
-        path = Path(d) / "eval.json"
-        results.append(json.loads(path.read_text()) if path.is_file() else evaluate_run(d))
+    results = [_fresh_eval(Path(d)) or evaluate_run(d) for d in run_dirs]
     return compare_table(results)

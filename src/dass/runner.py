@@ -8,8 +8,13 @@ process after N steps. Subclasses say what a phase, a step and an epoch record a
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
+import math
 import os
 import signal
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,14 +23,62 @@ from typing import Any, Iterator
 import torch
 from tqdm import tqdm
 
-from .errors import DassError
-from .runtime import RunDir, load_checkpoint, new_run_dir, save_checkpoint
+from .errors import DassError, Interrupted
+from .runtime import RunDir, load_checkpoint, save_checkpoint
 from .runtime.config import build, load_yaml, to_dict
+from .runtime.rundir import check_run_dir, claim_run_dir, config_hash, remove_stale_temporaries
 from .runtime.device import resolve_device, to_device
 from .runtime.memory import keep_freed_memory
 from .sparse import Phase
 
-KILL_ENV = "_DASS_TEST_KILL_AFTER_STEPS"  # test hook: SIGKILL this process after N steps
+KILL_ENV = "_DASS_TEST_KILL_AFTER_STEPS"  # test hook: signal this process after N steps ...
+KILL_SIGNAL_ENV = "_DASS_TEST_KILL_SIGNAL"  # ... with this signal (default SIGKILL)
+
+
+class Diverged(DassError):
+    """A loss or parameter became NaN or infinite: the run stops, its last good checkpoint kept."""
+
+
+def log_hash(records: list[dict]) -> str:
+    return hashlib.sha256("".join(json.dumps(r, sort_keys=True) + "\n" for r in records).encode()).hexdigest()[:16]
+
+
+def _differences(a: Any, b: Any, where: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for key in sorted(set(a) | set(b), key=str):
+            out += _differences(a.get(key), b.get(key), f"{where}.{key}" if where else str(key))
+        return out
+    return [] if a == b else [f"{where}: {a!r} -> {b!r}"]
+
+
+def check_belongs(run_dir: RunDir, state: dict, written: dict) -> dict | None:
+    """Check that the checkpoint, ``config.yaml`` (as ``written``) and the manifest are of one run; the manifest."""
+    manifest = run_dir.manifest()
+    ours, theirs = (manifest or {}).get("run_id"), state.get("run_id")
+    if ours != theirs:
+        if theirs is None or ours is None:
+            problem = (f"{RunDir.MANIFEST} is missing" if ours is None
+                       else "the checkpoint carries no run id (it was written by an older dass or another run)")
+        else:
+            problem = f"checkpoint.pt belongs to run {theirs}, this folder to run {ours}"
+        raise DassError(f"{run_dir.path}: {problem}; --resume continues a run from its own files. Put back the "
+                        "run's own checkpoint.pt and run.json, or start a new run")
+    n_records, records = int(state.get("log_records", 0)), run_dir.log_records()
+    if len(records) < n_records or ("log_hash" in state and log_hash(records[:n_records]) != state["log_hash"]):
+        raise DassError(f"{run_dir.file(RunDir.LOG)} does not belong to the checkpoint in {run_dir.path} (records "
+                        "missing or changed); restore the run's own log, or start a new run")
+    if "config" in state:
+        changed = _differences(state["config"], written)
+    elif manifest is not None and manifest.get("config_hash") != config_hash(written):
+        changed = ["(config hash differs)"]
+    else:
+        changed = []
+    if changed:
+        raise DassError(f"{run_dir.file(RunDir.CONFIG)} differs from the config the run was started with "
+                        f"({'; '.join(changed[:3])}{'; ...' if len(changed) > 3 else ''}); a resumed run must keep its "
+                        "config. Restore the file, or start a new run with the new settings")
+    return manifest
 
 
 @dataclass(frozen=True)
@@ -60,29 +113,44 @@ class PhasedRun:
         self.sums: dict[str, float] = {}
         self.history: list[dict] = []
         self._entered = -1
+        self.manifest: dict | None = None
+        self.written_config: dict = to_dict(config)   # as config.yaml holds it (device/threads may differ here)
+        self._stop: str | None = None   # the signal that asked the run to stop at the next step boundary
 
     # -- construction -----------------------------------------------------------------------------
     @classmethod
-    def create(cls, config: Any, out: str | None = None, progress: bool = True):
-        """A new run in ``out`` (default ``runs/KIND-TIMESTAMP``), its resolved config written there."""
-        run_dir = RunDir(new_run_dir(out, cls.kind))
-        run = cls(config, run_dir, progress)
-        run_dir.write_config(to_dict(config))
+    def create(cls, config: Any, out: str | None = None, progress: bool = True, force: bool = False):
+        """A new run in ``out`` (default ``runs/KIND-TIMESTAMP``), its manifest and resolved config written there.
+
+        The folder is created only once the run is built (data loaded, model made), so a failed start leaves
+        nothing behind; a non-empty ``out`` is refused unless ``force`` (which moves it aside)."""
+        path = check_run_dir(out, cls.kind, force)
+        run = cls(config, RunDir(path), progress)
+        claim_run_dir(path)
+        resolved = to_dict(config)
+        run.manifest = run.run_dir.write_manifest(cls.kind, resolved)
+        run.run_dir.write_config(resolved)
         run.on_create()
         return run
 
     @classmethod
-    def resume(cls, path: str | Path, progress: bool = True, device: str | None = None):
+    def resume(cls, path: str | Path, progress: bool = True, device: str | None = None, threads: int | None = None):
         """The run in ``path``, restored from its checkpoint, ready to continue (on ``device`` if given, else on
-        the device it ran on)."""
+        the device it ran on; with ``threads`` if given)."""
         run_dir = RunDir(Path(path))
         if not run_dir.path.is_dir():
             raise DassError(f"{path} is not a directory; --resume takes the run directory of an earlier {cls.kind}")
-        load_checkpoint(run_dir.file(RunDir.CHECKPOINT), cls.kind)  # fail early, before loading data
-        config = build(cls.config_class, load_yaml(run_dir.file(RunDir.CONFIG)))
+        remove_stale_temporaries(run_dir.path)
+        state = load_checkpoint(run_dir.file(RunDir.CHECKPOINT), cls.kind)  # fail early, before loading data
+        written = load_yaml(run_dir.file(RunDir.CONFIG))
+        manifest = check_belongs(run_dir, state, written)
+        config = build(cls.config_class, written)
         if device is not None:
             config.device = device
+        if threads is not None:
+            config.threads = threads
         run = cls(config.validate(), run_dir, progress)
+        run.manifest, run.written_config = manifest, written
         run.restore()
         return run
 
@@ -123,8 +191,21 @@ class PhasedRun:
         raise NotImplementedError
 
     def accumulate(self, **values: float) -> None:
+        """Add a step's values to the epoch sums; a non-finite value stops the run (it diverged)."""
         for key, value in values.items():
+            if not math.isfinite(float(value)):
+                self._diverged(f"{key} is {float(value)}")
             self.sums[key] = self.sums.get(key, 0) + value
+
+    def _diverged(self, what: str) -> None:
+        spec = self.plan[self.position["phase"]] if self.position["phase"] < len(self.plan) else None
+        where = (f"in phase {spec.name}, epoch {self.position['epoch'] + 1}, step {self.position['step'] + 1}"
+                 if spec else "after its last phase")
+        kept = self.run_dir.file(RunDir.CHECKPOINT)
+        kept_text = (f"its last good checkpoint is kept in {kept}" if kept.is_file()
+                     else "no checkpoint had been written yet")
+        raise Diverged(f"the {self.kind} diverged {where}: {what}; {kept_text}. Lower the learning rates (or raise "
+                       "the batch size) and start a new run")
 
     def mean(self, key: str, per: str = "steps") -> float:
         return self.sums.get(key, 0.0) / max(self.sums.get(per, 0), 1)
@@ -146,14 +227,28 @@ class PhasedRun:
         self._entered = index
 
     # -- checkpoints ------------------------------------------------------------------------------
+    def _check_finite(self, parameters_only: bool = False) -> None:
+        """Stop if the model holds NaN or infinity (some fused kernels map NaN to 0, so a finite loss is not enough)."""
+        tensors = self.model.named_parameters() if parameters_only else self.model.state_dict().items()
+        for name, tensor in tensors:
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                self._diverged(f"{name} holds NaN or infinite values")
+
     def save(self) -> None:
+        """Write a checkpoint; refused (the run stops) if the model holds non-finite values, so the checkpoint
+        on disk is always a good one."""
+        self._check_finite()
+        records = self.run_dir.log_records()
         state = {
             **self.extra_state(),
             "lower_phase": self._entered,
             "position": dict(self.position),
             "sums": dict(self.sums),
             "history": self.history,
-            "log_records": len(self.run_dir.log_records()),
+            "log_records": len(records),
+            "log_hash": log_hash(records),
+            "run_id": (self.manifest or {}).get("run_id"),
+            "config": self.written_config,
             "torch_rng": torch.get_rng_state(),
         }
         if self.device.type == "cuda":   # drop-path and dropout draw from the GPU's generator
@@ -188,7 +283,42 @@ class PhasedRun:
 
     # -- the loop ---------------------------------------------------------------------------------
     def run(self) -> Any:
+        """Run to the end. Ctrl-C or SIGTERM stops at the next step boundary with a checkpoint written
+        (a second Ctrl-C stops at once); a NaN or infinite loss stops with the last good checkpoint kept."""
+        if not self.run_dir.file(RunDir.CHECKPOINT).is_file():
+            self.save()   # so that --resume has something to continue from the first step on
+        with self._stop_on_signals():
+            return self._loop()
+
+    @contextlib.contextmanager
+    def _stop_on_signals(self) -> Iterator[None]:
+        def ask_stop(signum: int, frame: Any) -> None:
+            self._stop = signal.Signals(signum).name
+            signal.signal(signal.SIGINT, signal.default_int_handler)   # a second Ctrl-C stops at once
+            print(f"\ndass: {self._stop}: stopping after this step (Ctrl-C again to stop at once)", file=sys.stderr,
+                  flush=True)
+
+        try:
+            previous = {sig: signal.signal(sig, ask_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+        except ValueError:   # not the main thread: signals stay as they are
+            previous = {}
+        try:
+            yield
+        except KeyboardInterrupt:
+            raise Interrupted(self._interrupted_message("stopped at once (mid-step)")) from None
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _interrupted_message(self, how: str) -> str:
+        if self.run_dir.file(RunDir.CHECKPOINT).is_file():
+            return (f"interrupted ({how}); the run is saved: continue with "
+                    f"`dass {self.kind} --resume {self.run_dir.path}`")
+        return f"interrupted ({how}) before the first checkpoint; start the {self.kind} again"
+
+    def _loop(self) -> Any:
         kill_after = int(os.environ.get(KILL_ENV, "0") or 0)
+        kill_signal = getattr(signal, os.environ.get(KILL_SIGNAL_ENV, "SIGKILL"))
         steps_here = 0
         last_save = time.monotonic()
         bar = tqdm(total=self.total_steps(), initial=self.steps_done(), disable=not self.progress,
@@ -208,6 +338,7 @@ class PhasedRun:
                             break
                         t0 = time.perf_counter()
                         self.train_step(to_device(batch, self.device))
+                        self._check_finite(parameters_only=True)
                         self.sums["seconds"] = self.sums.get("seconds", 0.0) + time.perf_counter() - t0
                         self.sums["steps"] = self.sums.get("steps", 0) + 1
                         self.position["step"] += 1
@@ -215,11 +346,15 @@ class PhasedRun:
                         if "train_loss" in self.sums:
                             bar.set_postfix(loss=f"{self.sums['train_loss'] / self.sums['steps']:.3f}")
                         steps_here += 1
-                        if kill_after and steps_here >= kill_after:
-                            os.kill(os.getpid(), signal.SIGKILL)
+                        if kill_after and steps_here == kill_after:
+                            os.kill(os.getpid(), kill_signal)
+                        if self._stop is not None:
+                            self.save()
+                            raise Interrupted(self._interrupted_message(self._stop))
                         if time.monotonic() - last_save >= self.checkpoint_minutes * 60:
                             self.save()
                             last_save = time.monotonic()
+                    self._check_finite()
                     record = {"phase": spec.name, "epoch": self.position["epoch"] + 1, "epochs": spec.epochs,
                               **self.epoch_record(spec, lrs),
                               "seconds_per_step": self.sums.get("seconds", 0.0) / max(self.sums.get("steps", 0), 1)}

@@ -55,11 +55,21 @@ def load_trained(run_dir: str | Path, device: str | torch.device | None = None) 
     target = resolve_device(device)
     packed = load_sparse_model(path)
     config = build(TrainRunConfig, load_yaml(run.file(RunDir.CONFIG))).validate()
-    meta = packed["meta"]
-    shape = tuple(int(s) for s in meta["input_shape"])
+    try:
+        meta = packed["meta"]
+        shape = tuple(int(s) for s in meta["input_shape"])
+        stats = meta["normalization"]
+        norm = Normalization(torch.tensor(stats["mean"], dtype=torch.float32),
+                             torch.tensor(stats["std"], dtype=torch.float32))
+        if len(shape) != 3 or min(shape) < 1 or norm.mean.shape != (shape[0],) or norm.std.shape != (shape[0],) \
+                or not bool((norm.std > 0).all()):
+            raise ValueError("input shape or normalization out of range")
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise DassError(f"{path} is damaged ({exc}); train the run again or restore the file") from None
     dataset = load_dataset(config.data.dataset, config.data.data_dir)
+    if tuple(dataset.x_test.shape[1:]) != (shape[1], shape[2], shape[0]):
+        raise DassError(f"{path} was trained on images of shape {shape} (C,H,W) but the dataset "
+                        f"{config.data.dataset} now has {tuple(dataset.x_test.shape[1:])} (H,W,C)")
     model = build_network(config, shape[0], dataset.num_classes, run.path)
     unpack_into(model, packed["packed"])
-    stats = meta["normalization"]
-    norm = Normalization(torch.tensor(stats["mean"]), torch.tensor(stats["std"]))
     return TrainedModel(model.to(target).eval(), config, norm, shape, dataset, path.stat().st_size, run.path)

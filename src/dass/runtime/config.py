@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from pathlib import Path
@@ -61,13 +62,17 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return value
         raise DassError(f"{where} must be true or false, got {value!r}")
     if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
         if isinstance(value, float) and value.is_integer():
-            return int(value)
+            value = int(value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            if abs(value) >= 2**63:
+                raise DassError(f"{where} is out of range: {value}")
+            return value
         raise DassError(f"{where} must be an integer, got {value!r}")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(float(value)):
+                raise DassError(f"{where} must be a finite number, got {value!r}")
             return float(value)
         raise DassError(f"{where} must be a number, got {value!r}")
     if tp is str:
@@ -169,8 +174,10 @@ def load_yaml(path: Path) -> dict:
         raise DassError(f"config file {path} does not exist")
     try:
         data = yaml.safe_load(path.read_text()) or {}
+    except UnicodeDecodeError:
+        raise DassError(f"config file {path} is not text (a binary file?); give a YAML config") from None
     except yaml.YAMLError as exc:
-        raise DassError(f"config file {path} is not valid YAML: {exc}") from None
+        raise DassError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(data, dict):
         raise DassError(f"config file {path} must hold a mapping at the top level")
     return data

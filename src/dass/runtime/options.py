@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional
 
 from ..data.config import DataConfig
 from ..errors import DassError
+from .config import check_all
 from .device import resolve_device
+
+SEED_LIMIT = 2**32   # seeds feed NumPy's generators too, which take 32-bit seeds
 
 
 @dataclass
@@ -19,7 +23,21 @@ class RunOptions:
     data: DataConfig = field(default_factory=DataConfig)
 
     def validate_run(self) -> None:
-        """Checks of the shared options (the device must exist on this machine)."""
-        if self.threads is not None and self.threads < 1:
-            raise DassError("threads must be at least 1")
+        """Checks of the shared options (the device must exist on this machine); a dataset or data folder given
+        by a relative path is made absolute, so the run's config finds it from any working directory."""
+        d = self.data
+        check_all([
+            (0 <= self.seed < SEED_LIMIT, f"seed must be in 0..{SEED_LIMIT - 1}, got {self.seed}"),
+            (self.threads is None or self.threads >= 1, f"threads must be at least 1, got {self.threads}"),
+            (self.checkpoint_minutes >= 0, f"checkpoint_minutes must not be negative (0: after every step), got "
+             f"{self.checkpoint_minutes}"),
+            (d.crop_padding >= 0 and d.cutout >= 0,
+             f"data.crop_padding and data.cutout must not be negative, got {d.crop_padding} and {d.cutout}"),
+        ])
         resolve_device(self.device)
+        from ..data.datasets import NAMED
+
+        if d.dataset not in NAMED and Path(d.dataset).expanduser().exists():
+            d.dataset = str(Path(d.dataset).expanduser().resolve())
+        if d.data_dir and Path(d.data_dir).expanduser().exists():
+            d.data_dir = str(Path(d.data_dir).expanduser().resolve())

@@ -187,14 +187,15 @@ class DassSearch(PhasedRun):
 
 
 def search(config: SearchRunConfig, out: str | None = None, progress: bool = True,
-           device: str | None = None) -> SearchResult:
+           device: str | None = None, force: bool = False) -> SearchResult:
     """Run a DASS search from scratch (on ``device`` if given, else ``config.device``); the library twin of
-    ``dass search``."""
+    ``dass search``. A non-empty ``out`` is refused unless ``force`` (its contents are then moved aside)."""
     if device is not None:
         config = replace(config, device=device).validate()
-    return DassSearch.create(config, out, progress).run()
+    return DassSearch.create(config, out, progress, force).run()
 
 
-def resume(run_dir: str | Path, progress: bool = True, device: str | None = None) -> SearchResult:
+def resume(run_dir: str | Path, progress: bool = True, device: str | None = None,
+           threads: int | None = None) -> SearchResult:
     """Continue an interrupted search from its run directory (``dass search --resume``)."""
-    return DassSearch.resume(run_dir, progress, device).run()
+    return DassSearch.resume(run_dir, progress, device, threads).run()

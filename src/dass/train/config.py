@@ -77,6 +77,10 @@ class TrainRunConfig(RunOptions):
             (m.size is None or m.size in SIZES, f"model.size must be one of {', '.join(SIZES)}, got {m.size!r}"),
             (m.width > 0 and m.init_channels >= 1 and m.layers >= 1, "model sizes must be positive"),
             (t.gmp_updates >= 1, "train.gmp_updates must be at least 1"),
+            (0 <= t.momentum < 1, f"train.momentum must be in [0, 1), got {t.momentum}"),
+            (t.weight_decay >= 0 and t.lr_min >= 0, "train.weight_decay and train.lr_min must not be negative"),
+            (t.grad_clip > 0, f"train.grad_clip must be positive, got {t.grad_clip}"),
+            (t.aux_weight >= 0, f"train.aux_weight must not be negative, got {t.aux_weight}"),
             (self.data.subset is None or self.data.subset >= 2, "--subset must be at least 2 images"),
         ]
         check_all(checks)

@@ -144,9 +144,9 @@ class TrainRun(PhasedRun):
 
 
 def train(config: TrainRunConfig, out: str | None = None, progress: bool = True,
-          device: str | None = None) -> TrainResult:
+          device: str | None = None, force: bool = False) -> TrainResult:
     """Train, prune and fine-tune a network (on ``device`` if given, else ``config.device``); the library twin of
-    ``dass train``."""
+    ``dass train``. A non-empty ``out`` is refused unless ``force`` (its contents are then moved aside)."""
     if device is not None:
         config = replace(config, device=device).validate()
-    return TrainRun.create(config, out, progress).run()
+    return TrainRun.create(config, out, progress, force).run()
