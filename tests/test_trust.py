@@ -295,3 +295,13 @@ def test_show_never_draws_over_its_input(tmp_path, capsys):
     assert code == 0, err
     assert genotype.read_text() == text and (tmp_path / "cell.png.cells.png").is_file()
     _one_line_error(*_cli(capsys, "show", "DARTS_V2", "--png", tmp_path), "")
+
+
+def test_same_seed_and_threads_give_identical_runs(tmp_path):
+    """What docs/usage.md promises: bit-identical runs at the same thread count (here 2, as the default)."""
+    args = [a if a != "1" or TINY[i - 1] != "--threads" else "2" for i, a in enumerate(TINY)]
+    for name in ("a", "b"):
+        assert main(["search", *args, "--out", str(tmp_path / name)]) == 0
+    a, b = (torch.load(tmp_path / n / "checkpoint.pt", weights_only=True)["model"] for n in ("a", "b"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (tmp_path / "a" / "genotype.json").read_text() == (tmp_path / "b" / "genotype.json").read_text()

@@ -37,7 +37,14 @@ class RunOptions:
         resolve_device(self.device)
         from ..data.datasets import NAMED
 
-        if d.dataset not in NAMED and Path(d.dataset).expanduser().exists():
+        if d.dataset not in NAMED and _exists(d.dataset):
             d.dataset = str(Path(d.dataset).expanduser().resolve())
-        if d.data_dir and Path(d.data_dir).expanduser().exists():
+        if d.data_dir and _exists(d.data_dir):
             d.data_dir = str(Path(d.data_dir).expanduser().resolve())
+
+
+def _exists(path: str) -> bool:
+    try:
+        return Path(path).expanduser().exists()
+    except (OSError, ValueError):   # a name too long for the file system, a NUL byte: not a path that exists
+        return False
