@@ -305,3 +305,13 @@ def test_same_seed_and_threads_give_identical_runs(tmp_path):
     a, b = (torch.load(tmp_path / n / "checkpoint.pt", weights_only=True)["model"] for n in ("a", "b"))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert (tmp_path / "a" / "genotype.json").read_text() == (tmp_path / "b" / "genotype.json").read_text()
+
+
+def test_batch_of_one_on_tiny_images_is_a_clear_error(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    data = tmp_path / "tiny.npz"
+    np.savez(data, x_train=rng.integers(0, 255, (8, 2, 2, 1), dtype=np.uint8), y_train=np.arange(8) % 2,
+             x_test=rng.integers(0, 255, (4, 2, 2, 1), dtype=np.uint8), y_test=np.arange(4) % 2)
+    code, err = _cli(capsys, "search", "--dataset", data, "--batch-size", "1", "--epochs", "1", "--init-channels", "4",
+                     "--layers", "3", "--quiet", "--threads", "1", "--out", tmp_path / "run")
+    assert code == 2 and "batch size of at least 2" in err and "Traceback" not in err

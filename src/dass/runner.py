@@ -337,7 +337,14 @@ class PhasedRun:
                         if self.position["step"] >= self.steps_per_epoch:
                             break
                         t0 = time.perf_counter()
-                        self.train_step(to_device(batch, self.device))
+                        try:
+                            self.train_step(to_device(batch, self.device))
+                        except ValueError as exc:   # batch norm on one value per channel (batch 1, 1x1 planes)
+                            if "more than 1 value per channel" not in str(exc):
+                                raise
+                            raise DassError("a batch of one image reaches batch norm with 1x1 feature maps, which "
+                                            "cannot normalise it; use a batch size of at least 2 (and a "
+                                            "training set of at least 2 images per batch)") from None
                         self._check_finite(parameters_only=True)
                         self.sums["seconds"] = self.sums.get("seconds", 0.0) + time.perf_counter() - t0
                         self.sums["steps"] = self.sums.get("steps", 0) + 1

@@ -11,12 +11,24 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..errors import DassError
+
+MAX_CROP_PADDING = 128   # each side; the padded batch is (H + 2p) x (W + 2p), so this bounds its memory
+
 
 @dataclass
 class AugmentConfig:
     crop_padding: int = 4   # random crop after zero padding; 0 disables
     flip: bool = True       # random horizontal flip
     cutout: int = 0         # side of the zeroed square; 0 disables
+
+    def __post_init__(self) -> None:
+        for name, value, top in (("crop_padding", self.crop_padding, MAX_CROP_PADDING), ("cutout", self.cutout, None)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0 or (top is not None and value > top):
+                bound = f"0..{top}" if top is not None else "a whole number >= 0"
+                raise DassError(f"data.{name} must be {bound} (0 turns it off), got {value!r}")
+        if not isinstance(self.flip, bool):
+            raise DassError(f"data.flip must be true or false, got {self.flip!r}")
 
 
 def random_crop(x: torch.Tensor, padding: int, gen: torch.Generator) -> torch.Tensor:

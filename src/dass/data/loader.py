@@ -13,6 +13,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from ..errors import DassError
 from .augment import AugmentConfig, augment
 from .datasets import ImageDataset
 
@@ -45,8 +46,11 @@ class TensorBatches:
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int, stream: int,
                  shuffle: bool = True, augment_config: AugmentConfig | None = None, drop_last: bool = False):
-        if batch_size < 1:
-            raise ValueError("batch size must be positive")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise DassError(f"the batch size must be a whole number >= 1, got {batch_size!r}")
+        if len(x) == 0 or len(x) != len(y):
+            raise DassError(f"cannot batch {len(x)} images with {len(y)} labels: need at least one image, "
+                            "one label each")
         self.x, self.y = x, y
         self.batch_size = min(batch_size, len(x))
         self.seed, self.stream = seed, stream
@@ -74,11 +78,15 @@ class TensorBatches:
 
 
 def split_train_val(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """A fixed random split of ``n`` training indices (the search's train/val halves)."""
-    if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"validation fraction must be in (0, 1), got {val_fraction}")
-    order = np.random.default_rng(seed).permutation(n)
+    """A fixed random split of ``n`` training indices (the search's train/val halves); both parts non-empty."""
+    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0.0 < val_fraction < 1.0:
+        raise DassError(f"data.val_fraction must be in (0, 1), got {val_fraction!r}")
     n_val = max(1, int(round(n * val_fraction)))
+    if n - n_val < 1:
+        raise DassError(f"the search splits the training set into train and validation parts "
+                        f"(data.val_fraction={val_fraction}), but {n} training image(s) leave the train part empty; "
+                        f"use more images (--subset) or a smaller data.val_fraction")
+    order = np.random.default_rng(seed).permutation(n)
     return order[n_val:], order[:n_val]
 
 

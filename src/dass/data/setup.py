@@ -38,7 +38,11 @@ class RunData:
 
 def prepare_data(d: DataConfig, batch_size: int, seed: int, search: bool) -> RunData:
     """``search``: the training set split into train / val halves (``d.val_fraction``), normalization fitted on
-    the train half; otherwise the whole training set trains and the test set evaluates."""
+    the train half; otherwise the whole training set trains and the test set evaluates.
+
+    Bad data or settings raise :class:`DassError`: the dataset checks its own arrays (at least 2 training and
+    1 test image, matching image sizes, labels 0..K-1), :func:`split_train_val` refuses a split that leaves
+    either part empty, and a batch larger than its split is clipped to the split's size."""
     dataset = load_dataset(d.dataset, d.data_dir, d.download).subset(d.subset)
     aug = AugmentConfig(d.crop_padding, d.flip, d.cutout)
     shape = (dataset.in_channels, *dataset.image_size)

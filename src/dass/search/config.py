@@ -8,6 +8,7 @@ from ..errors import DassError
 from ..runtime.config import check_all, layered, resolve_preset
 from ..runtime.options import RunOptions
 from ..space import PRIMITIVES, get_space
+from ..space.genotype import MAX_NODES
 from .methods import get_method
 
 
@@ -79,6 +80,7 @@ class SearchRunConfig(RunOptions):
             (0 < d.val_fraction < 1, f"data.val_fraction must be in (0, 1), got {d.val_fraction}"),
             (d.subset is None or d.subset >= 4, f"--subset must be at least 4 images, got {d.subset}"),
             (m.init_channels >= 1 and m.layers >= 1 and m.nodes >= 1, "model sizes must be positive"),
+            (m.nodes <= MAX_NODES, f"model.nodes must be at most {MAX_NODES} (a genotype's limit), got {m.nodes}"),
             (1 <= m.multiplier <= m.nodes, f"model.multiplier must be in 1..nodes ({m.nodes}), got {m.multiplier}"),
             (s.grad_clip > 0, "search.grad_clip must be positive"),
             (0 <= s.arch_beta1 < 1 and 0 <= s.arch_beta2 < 1,

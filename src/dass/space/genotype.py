@@ -11,14 +11,80 @@ import ast
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
+import numpy as np
 import torch
 
 from ..errors import DassError
 from .ops import OPS
 
 Edge = tuple[str, int]
+
+MAX_STATES = 64               # a cell's states (2 inputs + nodes); also the longest concat list or range()
+MAX_NODES = MAX_STATES - 2
+MAX_DARTS_CHARS = 100_000     # a DARTS string of MAX_NODES nodes is ~6,000 characters
+MAX_FILE_BYTES = 1_000_000    # a genotype file (JSON with its meta, or a DARTS string)
+FIELDS = ("normal", "normal_concat", "reduce", "reduce_concat")
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters, on one line (error messages quote user input)."""
+    try:
+        text = repr(value)
+    except Exception:  # noqa: BLE001 - a repr that fails must not hide the real error
+        text = f"<{type(value).__name__}>"
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _is_index(value: Any) -> bool:
+    """A Python or NumPy integer; ``bool`` is not an index here (``True`` would silently mean 1)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _sequence(value: Any, what: str, limit: int) -> Sequence:
+    """``value`` if it is a list, tuple or range of at most ``limit`` items."""
+    if isinstance(value, (list, tuple, range)):
+        try:
+            n = len(value)
+        except OverflowError:   # a range longer than sys.maxsize
+            n = limit + 1
+        if n > limit:
+            raise DassError(f"{what} lists {'more than ' + str(limit) if n == limit + 1 else n} items; at most "
+                            f"{limit} are supported ({MAX_NODES} nodes, {MAX_STATES} states)")
+        return value
+    raise DassError(f"{what} must be a list, got {_short(value)} ({type(value).__name__})")
+
+
+def _edges(cell: str, value: Any) -> tuple[Edge, ...]:
+    """``value`` as ``((op, input), ...)``; raises DassError naming the first malformed entry."""
+    pairs = _sequence(value, f"genotype {cell!r}", 2 * MAX_NODES)
+    out = []
+    for k, pair in enumerate(pairs):
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+            raise DassError(f"genotype {cell!r} edge {k} is {_short(pair)}; each edge must be an [op, input] pair, "
+                            "e.g. [\"sep_conv_3x3\", 0]")
+        op, j = pair
+        if not isinstance(op, str):
+            raise DassError(f"genotype {cell!r} edge {k}: the op must be a name (a string) such as \"sep_conv_3x3\", "
+                            f"got {_short(op)} ({type(op).__name__})")
+        if not _is_index(j):
+            raise DassError(f"genotype {cell!r} edge {k}: the input must be an integer state index, got {_short(j)} "
+                            f"({type(j).__name__})")
+        out.append((op, int(j)))
+    return tuple(out)
+
+
+def _concat(cell: str, value: Any) -> tuple[int, ...]:
+    states = _sequence(value, f"genotype {cell}_concat", MAX_STATES)
+    out = []
+    for j in states:
+        if not _is_index(j):
+            raise DassError(f"genotype {cell}_concat must list integer state indices, got {_short(j)} "
+                            f"({type(j).__name__})")
+        out.append(int(j))
+    return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -30,10 +96,14 @@ class Genotype:
     meta: dict = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "normal", tuple((str(o), int(i)) for o, i in self.normal))
-        object.__setattr__(self, "reduce", tuple((str(o), int(i)) for o, i in self.reduce))
-        object.__setattr__(self, "normal_concat", tuple(int(i) for i in self.normal_concat))
-        object.__setattr__(self, "reduce_concat", tuple(int(i) for i in self.reduce_concat))
+        """Normalize to tuples of exact types (an index of 1.9 or True is an error, not 1) and validate."""
+        for cell in ("normal", "reduce"):
+            object.__setattr__(self, cell, _edges(cell, getattr(self, cell)))
+            object.__setattr__(self, f"{cell}_concat", _concat(cell, getattr(self, f"{cell}_concat")))
+        if self.meta is None:
+            object.__setattr__(self, "meta", {})
+        elif not isinstance(self.meta, dict):
+            raise DassError(f"genotype meta must be a JSON object (a dict), got {_short(self.meta)}")
         self.validate()
 
     # -- checks -----------------------------------------------------------------------------
@@ -53,18 +123,24 @@ class Genotype:
             for k, (op, j) in enumerate(edges):
                 node = k // 2
                 if op not in known:
-                    raise DassError(f"genotype {cell!r} edge {k} uses unknown op {op!r}; known: {', '.join(sorted(known))}")
+                    raise DassError(f"genotype {cell!r} edge {k} uses unknown op {_short(op)}; "
+                                    f"known: {', '.join(sorted(known))}")
                 if op == "none":
                     raise DassError(f"genotype {cell!r} edge {k} is 'none', which a derived cell cannot use")
                 if not 0 <= j < node + 2:
                     raise DassError(
-                        f"genotype {cell!r} edge {k} (node {node}) reads state {j}; a node may read only the two "
-                        f"cell inputs and earlier nodes (0..{node + 1})")
+                        f"genotype {cell!r} edge {k} (node {node}) reads state {_short(j)}; a node may read only "
+                        f"the two cell inputs and earlier nodes (0..{node + 1})")
             if not concat:
-                raise DassError(f"genotype {cell!r}_concat is empty")
+                raise DassError(f"genotype {cell}_concat is empty; list the states the cell outputs, e.g. [2, 3, 4, 5]")
+            # a reduction cell's inputs keep their resolution while its nodes are halved: they cannot be concatenated
+            first = 2 if cell == "reduce" else 0
             for j in concat:
-                if not 0 <= j < nodes + 2:
-                    raise DassError(f"genotype {cell}_concat names state {j}, but the cell has states 0..{nodes + 1}")
+                if not first <= j < nodes + 2:
+                    where = (f"the cell has states 0..{nodes + 1}" if not 0 <= j < nodes + 2 else
+                             "a reduction cell may concatenate only its nodes (the inputs have twice their size)")
+                    raise DassError(f"genotype {cell}_concat names state {_short(j)}, but {where}; "
+                                    f"use states {first}..{nodes + 1}")
         if len(self.normal) != len(self.reduce):
             raise DassError("genotype normal and reduce cells must have the same number of nodes")
 
@@ -81,21 +157,17 @@ class Genotype:
         return out
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Genotype":
+    def from_dict(cls, data: Any) -> "Genotype":
+        """A genotype from its JSON object; any malformed input raises :class:`DassError`."""
         if not isinstance(data, dict):
-            raise DassError("a genotype must be a JSON object with normal, normal_concat, reduce, reduce_concat")
-        missing = [k for k in ("normal", "normal_concat", "reduce", "reduce_concat") if k not in data]
+            raise DassError(f"a genotype must be a JSON object with {', '.join(FIELDS)}; got {_short(data)}")
+        missing = [k for k in FIELDS if k not in data]
         if missing:
             raise DassError(f"genotype is missing field(s): {', '.join(missing)}")
-        try:
-            for cell in ("normal", "reduce"):
-                for pair in data[cell]:
-                    if len(pair) != 2:
-                        raise ValueError(f"{pair!r} is not an [op, input] pair")
-            return cls(data["normal"], data["normal_concat"], data["reduce"], data["reduce_concat"],
-                       dict(data.get("meta") or {}))
-        except (TypeError, ValueError) as exc:
-            raise DassError(f"malformed genotype: {exc}") from None
+        meta = data.get("meta")
+        if meta is not None and not isinstance(meta, dict):
+            raise DassError(f"genotype meta must be a JSON object, got {_short(meta)}")
+        return cls(data["normal"], data["normal_concat"], data["reduce"], data["reduce_concat"], dict(meta or {}))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
@@ -111,15 +183,32 @@ class Genotype:
         if str(path) in KNOWN_GENOTYPES:
             return KNOWN_GENOTYPES[str(path)]
         p = Path(path)
+        if p.is_dir():
+            raise DassError(f"genotype {p} is a folder; pass the genotype.json inside a search run folder")
         if not p.is_file():
             raise DassError(f"genotype file {p} does not exist; pass a genotype.json from `dass search` "
                             f"or one of: {', '.join(KNOWN_GENOTYPES)}")
-        text = p.read_text()
-        if text.lstrip().startswith("{"):
+        try:
+            with open(p, "rb") as fh:
+                raw = fh.read(MAX_FILE_BYTES + 1)
+        except OSError as exc:
+            raise DassError(f"cannot read genotype file {p}: {exc.strerror or exc}") from None
+        if len(raw) > MAX_FILE_BYTES:
+            raise DassError(f"{p} is larger than {MAX_FILE_BYTES // 1000} kB: not a genotype file; pass a "
+                            "genotype.json from `dass search` or a text file with one DARTS Genotype(...) string")
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            raise DassError(f"{p} is not a text file (binary data?); pass a genotype.json from `dass search` "
+                            "or a text file with a DARTS Genotype(...) string") from None
+        if text.lstrip().startswith(("{", "[")):
             try:
-                return cls.from_dict(json.loads(text))
-            except json.JSONDecodeError as exc:
-                raise DassError(f"{p} is not valid JSON: {exc}") from None
+                data = json.loads(text)
+            except ValueError as exc:
+                raise DassError(f"{p} is not valid JSON: {' '.join(str(exc).split())}") from None
+            except RecursionError:
+                raise DassError(f"{p} is not a genotype: its JSON is nested too deeply") from None
+            return cls.from_dict(data)
         return cls.from_darts_string(text)
 
     # -- DARTS strings ----------------------------------------------------------------------
@@ -133,35 +222,74 @@ class Genotype:
     @classmethod
     def from_darts_string(cls, text: str) -> "Genotype":
         """Parse ``[NAME =] Genotype(normal=[...], normal_concat=range(2, 6), ...)`` without eval."""
+        if not isinstance(text, str):
+            raise DassError(f"a DARTS genotype string must be text, got {type(text).__name__}")
         src = text.strip()
+        if len(src) > MAX_DARTS_CHARS:
+            raise DassError(f"the DARTS genotype string has {len(src)} characters (at most {MAX_DARTS_CHARS}); "
+                            "expected one Genotype(normal=[...], ...) expression")
         try:
             tree = ast.parse(src, mode="exec")
         except SyntaxError as exc:
-            raise DassError(f"not a DARTS genotype string ({exc.msg}); expected Genotype(normal=[...], ...)") from None
+            raise DassError(f"not a DARTS genotype string ({' '.join(str(exc.msg).split())}); "
+                            "expected Genotype(normal=[...], ...)") from None
+        except (ValueError, MemoryError, RecursionError):
+            raise DassError("not a DARTS genotype string (nested too deeply or not text); "
+                            "expected Genotype(normal=[...], ...)") from None
         calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call)
                  and isinstance(n.func, ast.Name) and n.func.id == "Genotype"]
         if len(calls) != 1:
             raise DassError("expected exactly one Genotype(...) expression in the DARTS genotype string")
         call = calls[0]
-        names = ["normal", "normal_concat", "reduce", "reduce_concat"]
+        if len(call.args) > len(FIELDS):
+            raise DassError(f"Genotype(...) takes at most {len(FIELDS)} fields ({', '.join(FIELDS)}), "
+                            f"got {len(call.args)} positional arguments")
         values: dict = {}
-        for name, arg in zip(names, call.args):
+        for name, arg in zip(FIELDS, call.args):
             values[name] = _literal(arg)
         for kw in call.keywords:
-            if kw.arg not in names:
-                raise DassError(f"unknown Genotype field {kw.arg!r}; expected {', '.join(names)}")
+            if kw.arg is None:
+                raise DassError("Genotype(**...) is not supported; write the fields out: "
+                                f"Genotype({', '.join(f'{n}=...' for n in FIELDS)})")
+            if kw.arg not in FIELDS:
+                raise DassError(f"unknown Genotype field {_short(kw.arg)}; expected {', '.join(FIELDS)}")
+            if kw.arg in values:
+                raise DassError(f"Genotype field {kw.arg!r} is given twice")
             values[kw.arg] = _literal(kw.value)
         return cls.from_dict(values)
 
 
+def _source(node: ast.AST) -> str:
+    try:
+        return _short(ast.unparse(node)).strip("'\"")
+    except Exception:  # noqa: BLE001 - e.g. RecursionError on a deep tree: name the node type instead
+        return f"<{type(node).__name__}>"
+
+
 def _literal(node: ast.AST):
-    """A Python literal, or ``range(a, b)`` which DARTS uses for concat lists."""
+    """A Python literal, or ``range(...)`` of at most :data:`MAX_STATES` integers, which DARTS uses for concat lists."""
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "range":
-        return list(range(*[_literal(a) for a in node.args]))
+        if node.keywords or not 1 <= len(node.args) <= 3:
+            raise DassError(f"unsupported range in genotype string: {_source(node)}; write range(start, stop) "
+                            "or a list such as [2, 3, 4, 5]")
+        bounds = [_literal(a) for a in node.args]
+        if not all(_is_index(b) for b in bounds):
+            raise DassError(f"range() in a genotype string takes integers, got {_source(node)}")
+        if len(bounds) == 3 and bounds[2] == 0:
+            raise DassError(f"range() step must not be zero: {_source(node)}")
+        states = range(*bounds)
+        try:
+            size = str(len(states))
+        except OverflowError:   # longer than sys.maxsize: never materialised
+            size = "too many"
+        if size == "too many" or len(states) > MAX_STATES:
+            raise DassError(f"{_source(node)} has {size} states; a concat list has at most {MAX_STATES}")
+        return list(states)
     try:
         return ast.literal_eval(node)
-    except ValueError:
-        raise DassError(f"unsupported expression in genotype string: {ast.unparse(node)}") from None
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        raise DassError(f"unsupported expression in genotype string: {_source(node)}; only literals "
+                        "(strings, integers, lists, tuples) and range(start, stop) are allowed") from None
 
 
 def derive_genotype(alphas_normal: torch.Tensor, alphas_reduce: torch.Tensor, ops: Sequence[str],

@@ -11,13 +11,36 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from ..errors import DassError  # noqa: E402
 from ..runtime.files import atomic_write  # noqa: E402
 from ..space.genotype import Genotype  # noqa: E402
 
 
+def _check_target(path: Path) -> Path:
+    """Refuse, before drawing, a target that is a folder or lies under a file."""
+    path = Path(path)
+    if path.is_dir():
+        raise DassError(f"cannot draw into {path}: it is a folder; give a file name such as {path / 'cells.png'}")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise DassError(f"cannot write {path}: {parent} is a file, not a folder; choose another path")
+            break
+    return path
+
+
 def _save(fig, path: Path) -> None:
-    atomic_write(Path(path), lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
-    plt.close(fig)
+    """Write ``fig`` as a PNG atomically; any failure to write is a :class:`DassError`, never a traceback."""
+    try:
+        path = _check_target(path)
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
+    except OSError as exc:
+        reason = exc.strerror or " ".join(str(exc).split())
+        raise DassError(f"cannot write {path}: {reason}; choose a writable path") from None
+    except ValueError as exc:  # e.g. a NUL byte in the path
+        raise DassError(f"cannot write {path}: {' '.join(str(exc).split())}; choose another path") from None
+    finally:
+        plt.close(fig)
 
 
 def plot_alpha_history(history: Sequence[dict], ops: Sequence[str], path: Path) -> None:
@@ -85,7 +108,9 @@ def _draw_cell(ax, edges: Sequence[tuple[str, int]], concat: Sequence[int], titl
 
 
 def draw_genotype(genotype: Genotype, path: Path) -> None:
-    """Both cells as graphs: inputs (blue), intermediate nodes (orange), output (green)."""
+    """Both cells as graphs: inputs (blue), intermediate nodes (orange), output (green), written to ``path``
+    as a PNG; a folder or an unwritable path raises :class:`DassError`."""
+    _check_target(path)
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.2))
     _draw_cell(axes[0], genotype.normal, genotype.normal_concat, "normal cell")
     _draw_cell(axes[1], genotype.reduce, genotype.reduce_concat, "reduction cell")
