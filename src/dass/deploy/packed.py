@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import json
 import math
+import numbers
 from collections import defaultdict
 from pathlib import Path
 
@@ -17,8 +18,9 @@ import numpy as np
 from ..errors import DassError
 from ..runtime.files import atomic_write  # (dass.runtime imports torch lazily)
 from .defaults import DEFAULT_THREADS
-from .program import N_FIELDS, Program
+from .program import Program
 from .native import library
+from .validate import MAX_THREAD_BYTES, MAX_THREADS, REEXPORT, thread_bytes, validate_program
 
 FORMAT = "dass-packed-model"
 VERSION = 2   # 2: instructions gained the padded-storage fields
@@ -40,48 +42,83 @@ class PackedModel:
     """Runs a :class:`Program` on NumPy batches with the compiled kernels."""
 
     def __init__(self, program: Program, threads: int = DEFAULT_THREADS):
-        if program.instructions.shape[1:] != (N_FIELDS,):
-            raise DassError("packed model has a malformed instruction table")
+        self.threads = threads
         self.program = program
-        self.threads = int(threads)
+        # The runtime reads private copies of the arrays and sizes, checked by validate_program: a program
+        # changed after this point cannot make it read or write outside its buffers.
+        arrays = ("instructions", "fpool", "ipool")
+        snapshot = Program(**{name: np.array(v, copy=True) if name in arrays and isinstance(v, np.ndarray) else v
+                              for name, v in ((name, getattr(program, name)) for name in Program.__dataclass_fields__)})
+        validate_program(snapshot)
+        self._instructions = np.ascontiguousarray(snapshot.instructions)
+        self._fpool = np.ascontiguousarray(snapshot.fpool)
+        self._ipool = np.ascontiguousarray(snapshot.ipool)
+        self._sizes = tuple(int(getattr(snapshot, name)) for name in (
+            "arena_size", "scratch_size", "private_scratch_size", "input_offset", "output_offset"))
+        self._input_shape = tuple(int(d) for d in snapshot.input_shape)
+        self._output_size = math.prod(int(d) for d in snapshot.output_shape)
+        self._output_dims = tuple(int(d) for d in snapshot.output_dims)
+        self._thread_bytes = thread_bytes(snapshot)
         self._lib = library()   # (refused when compiled from other instruction codes)
-        self._instructions = np.ascontiguousarray(program.instructions, np.int64)
-        self._fpool = np.ascontiguousarray(program.fpool, np.float32)
-        self._ipool = np.ascontiguousarray(program.ipool, np.int32)
         self._shape = (0, 0)   # (batch, threads) the buffers are sized for
         self._arena = np.zeros(0, np.float32)
         self._scratch = np.zeros(1, np.float32)
 
     @property
+    def threads(self) -> int:
+        return self._threads
+
+    @threads.setter
+    def threads(self, threads: int) -> None:
+        if not isinstance(threads, numbers.Integral) or isinstance(threads, (bool, np.bool_)) \
+                or not 1 <= int(threads) <= MAX_THREADS:
+            raise DassError(f"threads must be an integer from 1 to {MAX_THREADS}, got {threads!r}")
+        self._threads = int(threads)
+
+    @property
     def input_shape(self) -> tuple[int, int, int]:
-        return self.program.input_shape
+        return self._input_shape
 
     def _buffers(self, batch: int) -> None:
         if (batch, self.threads) != self._shape:
-            p = self.program
-            self._arena = _aligned_zeros(p.arena_size * batch)
-            self._scratch = _aligned_zeros(max(p.scratch_size, max(1, self.threads) * p.private_scratch_size) * batch)
+            if self.threads * self._thread_bytes > MAX_THREAD_BYTES:   # (the runtime would abort on them)
+                raise DassError(f"{self.threads} threads would need {self.threads * self._thread_bytes / 2**20:.0f} "
+                                f"MiB of runtime buffers for this program; use fewer threads")
+            arena, scratch, private = self._sizes[:3]
+            try:
+                self._arena = _aligned_zeros(arena * batch)
+                self._scratch = _aligned_zeros(max(scratch, self.threads * private) * batch)
+            except (MemoryError, ValueError):   # (NumPy: "array is too big")
+                self._shape = (0, 0)
+                raise DassError(f"not enough memory for a batch of {batch} (the packed model needs "
+                                f"{4 * (arena + max(scratch, self.threads * private)) * batch / 2**20:.0f} MiB); "
+                                "run smaller batches") from None
             self._shape = (batch, self.threads)
 
     def _run(self, x: np.ndarray, times: np.ndarray | None) -> np.ndarray:
-        x = np.asarray(x, dtype=np.float32)
+        try:
+            x = np.asarray(x, dtype=np.float32)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise DassError(f"the input is not an array of numbers ({' '.join(str(exc).split())[:200]})") from None
         if x.ndim == 3:
             x = x[None]
-        if tuple(x.shape[1:]) != tuple(self.input_shape):
-            raise DassError(f"input has per-image shape {tuple(x.shape[1:])}; this packed model was compiled for "
-                            f"{tuple(self.input_shape)} (re-export it for another size)")
+        if x.ndim != 4 or tuple(x.shape[1:]) != self._input_shape:
+            raise DassError(f"input has per-image shape {tuple(x.shape[1:]) if x.ndim == 4 else tuple(x.shape)}; "
+                            f"this packed model was compiled for {self._input_shape} (re-export it for another size)")
         n = x.shape[0]
+        if n == 0:
+            return np.zeros((0, *self._output_dims), np.float32)
         self._buffers(n)
-        p = self.program
-        size_in = math.prod(p.input_shape)
-        self._arena[p.input_offset * n: (p.input_offset + size_in) * n] = x.reshape(-1)
+        input_offset, output_offset = self._sizes[3:]
+        size_in = math.prod(self._input_shape)
+        self._arena[input_offset * n: (input_offset + size_in) * n] = x.reshape(-1)
         err = self._lib.dass_run(_ptr(self._instructions), len(self._instructions), _ptr(self._arena),
                                  _ptr(self._scratch), _ptr(self._fpool), _ptr(self._ipool), n, self.threads,
                                  _ptr(times) if times is not None else None)
         if err:
             raise DassError(f"the runtime met an unknown instruction (#{err - 1}); re-export the model")
-        out = self._arena[p.output_offset * n: (p.output_offset + p.output_size) * n]
-        return out.reshape(n, *p.output_dims).copy()
+        out = self._arena[output_offset * n: (output_offset + self._output_size) * n]
+        return out.reshape(n, *self._output_dims).copy()
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """Logits for a batch ``x`` of shape (N, C, H, W) (float32)."""
@@ -127,22 +164,44 @@ class PackedModel:
 
     @classmethod
     def load(cls, path: str | Path, threads: int = DEFAULT_THREADS) -> "PackedModel":
+        """The packed model saved at ``path``, refused with a :class:`DassError` when the file is not one or is
+        damaged in any way (see :func:`dass.deploy.validate.validate_program`)."""
         path = Path(path)
         if not path.is_file():
             raise DassError(f"no packed model at {path}; make one with `dass export RUN_DIR`")
-        try:
+        broken = f"{path} is not a dass packed model, or is damaged"
+        try:   # anything can go wrong reading an untrusted file: a bad zip, zlib errors, a cut stream, bad JSON
             with np.load(path, allow_pickle=False) as z:
-                meta = json.loads(bytes(z["meta"]).decode())
+                names = set(z.files)
+                missing = sorted({"meta", "instructions", "fpool", "ipool"} - names)
+                if missing:
+                    raise DassError(f"{broken} (no {', '.join(missing)} array); {REEXPORT}")
+                raw = z["meta"]
+                if raw.dtype != np.uint8 or raw.ndim != 1:
+                    raise DassError(f"{broken} (its meta is a {raw.ndim}-d {raw.dtype} array); {REEXPORT}")
+                meta = json.loads(raw.tobytes().decode("utf-8"))
                 arrays = {k: z[k] for k in ("instructions", "fpool", "ipool")}
-        except (ValueError, KeyError, OSError) as exc:
-            raise DassError(f"{path} is not a dass packed model ({exc})") from None
+        except DassError:
+            raise
+        except Exception as exc:   # noqa: BLE001 (BadZipFile, zlib.error, EOFError, UnicodeError, ValueError, ...)
+            why = " ".join(str(exc).split())[:200]   # (one line)
+            raise DassError(f"{broken} ({type(exc).__name__}: {why}); {REEXPORT}") from None
+        if not isinstance(meta, dict):
+            raise DassError(f"{broken} (its meta is a JSON {type(meta).__name__}, not an object); {REEXPORT}")
         if meta.get("format") != FORMAT:
             raise DassError(f"{path} is not a dass packed model (format {meta.get('format')!r})")
         if meta.get("version") != VERSION:
-            raise DassError(f"{path} was written by another version of dass (packed format {meta.get('version')}, "
+            raise DassError(f"{path} was written by another version of dass (packed format {meta.get('version')!r}, "
                             f"this dass reads {VERSION}); export it again")
+        missing = [k for k in ("arena_size", "scratch_size", "input_offset", "input_shape", "output_offset",
+                               "output_shape", "output_dims", "labels", "macs") if k not in meta]
+        if missing:
+            raise DassError(f"{broken} (its meta lacks {', '.join(missing)}); {REEXPORT}")
+        for k in ("input_shape", "output_shape", "output_dims"):
+            if not isinstance(meta[k], list):
+                raise DassError(f"{broken} (meta {k} is {meta[k]!r:.100}, not a list); {REEXPORT}")
         program = Program(arrays["instructions"], arrays["fpool"], arrays["ipool"], meta["arena_size"],
                           meta["scratch_size"], meta["input_offset"], tuple(meta["input_shape"]),
                           meta["output_offset"], tuple(meta["output_shape"]), meta["labels"], meta["macs"],
-                          tuple(meta["output_dims"]), int(meta.get("private_scratch_size", 0)))
+                          tuple(meta["output_dims"]), meta.get("private_scratch_size", 0))
         return cls(program, threads)

@@ -712,10 +712,12 @@ void run_shift(const int64_t* f, const Ctx& c, Counter* next) {
   });
 }
 
+// out = 0: CO*HO*WO floats of each image (not the whole image stride: an output written into its channel slice
+// of a concatenation, at F_OUT_AT, must not clear the other slices, nor run past the buffer at the last image)
 void run_zero(const int64_t* f, const Ctx& c, Counter* next) {
-  const int64_t n = c.batch;
+  const int64_t n = c.batch, size = f[F_CO] * f[F_HO] * f[F_WO];
   float* out = c.at(f, F_OUT, F_OUT_AT);
-  share_equally(next, n, [&](int64_t i) { std::fill(out + i * f[F_OUT_IMG], out + (i + 1) * f[F_OUT_IMG], 0.f); });
+  share_equally(next, n, [&](int64_t i) { std::fill(out + i * f[F_OUT_IMG], out + i * f[F_OUT_IMG] + size, 0.f); });
 }
 
 }  // namespace
