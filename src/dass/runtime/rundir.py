@@ -18,6 +18,7 @@ from typing import Any
 
 from ..errors import DassError
 from .config import dump_yaml
+from .events import EventLog
 from .files import atomic_write_text
 
 MANIFEST = "run.json"
@@ -104,9 +105,12 @@ class RunDir:
     LOG = "log.jsonl"
     CHECKPOINT = "checkpoint.pt"
     MANIFEST = MANIFEST
+    EVENTS = "events"
 
     def __init__(self, path: Path):
         self.path = Path(path)
+        self._events: EventLog | None = None   # TensorBoard events, opened at the first record
+        self._n_records: int | None = None     # records in log.jsonl, counted at the first record
 
     def file(self, name: str) -> Path:
         return self.path / name
@@ -139,6 +143,7 @@ class RunDir:
 
     # -- the log ----------------------------------------------------------------------------------
     def log(self, record: dict[str, Any]) -> None:
+        """Append ``record`` to log.jsonl, then write it as TensorBoard events at step = its number in the log."""
         path = self.file(self.LOG)
         text = json.dumps(record) + "\n"
         if path.exists() and path.stat().st_size:   # a torn last line (killed mid-append) is dropped first
@@ -146,10 +151,20 @@ class RunDir:
                 fh.seek(-1, os.SEEK_END)
                 if fh.read(1) != b"\n":
                     self.truncate_log(len(self.log_records()))
+        if self._n_records is None:
+            self._n_records = len(self.log_records())
         with open(path, "a") as fh:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
+        self._n_records += 1
+        self.events().write(record, step=self._n_records)
+
+    def events(self) -> EventLog:
+        """The run's TensorBoard event log (``events/``); it never raises, and turns off after a failure."""
+        if self._events is None:
+            self._events = EventLog(self.file(self.EVENTS))
+        return self._events
 
     def log_records(self) -> list[dict]:
         """The log's records; a partial last line (a kill or a full disk during the append) is ignored."""
@@ -184,3 +199,9 @@ class RunDir:
             raise DassError(f"{self.file(self.LOG)} holds {len(records)} records but the checkpoint was written after "
                             f"{n_records}; the log was cut or replaced. Restore it, or start a new run")
         atomic_write_text(self.file(self.LOG), "".join(json.dumps(r) + "\n" for r in records[:n_records]))
+        self._n_records = n_records
+        events = self.events()
+        if not events.folder.exists():   # a run from before event files: its records so far first
+            for step, record in enumerate(records[:n_records], 1):
+                events.write(record, step)
+        events.purge_from(n_records + 1)   # TensorBoard drops the events of the records written again
