@@ -108,10 +108,13 @@ def cmd_search(args: argparse.Namespace) -> int:
     else:
         config = make_config(args.config or "default", _flag_overrides(args), args.sets)
         runner = DassSearch.create(config, args.out, progress=not args.quiet, force=args.force)
-    print(f"run directory: {runner.run_dir.path}", file=sys.stderr)
+    talk = runner.world.main   # under torchrun, rank 0 speaks for the job
+    if talk:
+        print(f"run directory: {runner.run_dir.path}", file=sys.stderr)
     result = runner.run()
-    print(result.genotype.to_darts_string())
-    print(f"genotype: {result.run_dir / 'genotype.json'}", file=sys.stderr)
+    if talk:
+        print(result.genotype.to_darts_string())
+        print(f"genotype: {result.run_dir / 'genotype.json'}", file=sys.stderr)
     return 0
 
 
@@ -127,9 +130,12 @@ def cmd_train(args: argparse.Namespace) -> int:
             overrides.setdefault("model", {})["name"] = "genotype"
         config = make_train_config(args.config or "train-default", overrides, args.sets)
         runner = TrainRun.create(config, args.out, progress=not args.quiet, force=args.force)
-    print(f"run directory: {runner.run_dir.path}", file=sys.stderr)
+    talk = runner.world.main
+    if talk:
+        print(f"run directory: {runner.run_dir.path}", file=sys.stderr)
     result = runner.run()
-    print(f"test top-1 {100 * result.test_acc:.2f}%  ({result.run_dir / 'model_sparse.pt'})")
+    if talk:
+        print(f"test top-1 {100 * result.test_acc:.2f}%  ({result.run_dir / 'model_sparse.pt'})")
     return 0
 
 
@@ -315,6 +321,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MemoryError:
         print("dass: error: out of memory; use a smaller --batch-size, --subset or model", file=sys.stderr)
         return 2
+    finally:
+        from .distributed import shutdown_world
+
+        shutdown_world()
 
 
 if __name__ == "__main__":

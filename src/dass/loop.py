@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .distributed import current_world
+
 
 def cosine_lr(base: float, minimum: float, epoch: int, epochs: int) -> float:
     """Cosine annealing from ``base`` at epoch 0 towards ``minimum`` at ``epochs`` (per phase)."""
@@ -32,6 +34,11 @@ def classification_loss(output, y: torch.Tensor, label_smoothing: float = 0.0,
     return loss, logits
 
 
+def gradients(loss: torch.Tensor, params: Sequence[torch.Tensor]) -> list[torch.Tensor | None]:
+    """``d loss / d params`` (None where unused), averaged over the ranks of a data-parallel run."""
+    return current_world().average(torch.autograd.grad(loss, params, allow_unused=True))
+
+
 def sgd_step(model: nn.Module, params: Sequence[nn.Parameter], optimizer: torch.optim.Optimizer,
              x: torch.Tensor, y: torch.Tensor, grad_clip: float | None, label_smoothing: float = 0.0,
              aux_weight: float = 0.0) -> tuple[float, int]:
@@ -40,7 +47,7 @@ def sgd_step(model: nn.Module, params: Sequence[nn.Parameter], optimizer: torch.
     Returns the batch loss and the number of correct predictions.
     """
     loss, logits = classification_loss(model(x), y, label_smoothing, aux_weight)
-    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    grads = gradients(loss, params)
     for p, g in zip(params, grads):
         p.grad = g
     if grad_clip:
@@ -53,16 +60,22 @@ def sgd_step(model: nn.Module, params: Sequence[nn.Parameter], optimizer: torch.
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
              device: torch.device | None = None) -> tuple[float, float]:
-    """Mean cross-entropy and top-1 accuracy in eval mode (batches moved to ``device``); restores the mode."""
+    """Mean cross-entropy and top-1 accuracy in eval mode (batches moved to ``device``); restores the mode.
+
+    In a data-parallel run each rank evaluates its part of every batch and the totals are summed."""
     was_training = model.training
     model.eval()
-    total_loss, correct, count = 0.0, 0, 0
+    world = current_world()
+    totals = torch.zeros(3, dtype=torch.float64)   # loss, correct, count
     for x, y in batches:
+        x, y = world.part(x), world.part(y)
+        if len(y) == 0:
+            continue
         if device is not None:
             x, y = x.to(device), y.to(device)
         logits = model(x)
-        total_loss += float(F.cross_entropy(logits, y, reduction="sum"))
-        correct += int((logits.argmax(1) == y).sum())
-        count += len(y)
+        totals += torch.tensor([float(F.cross_entropy(logits, y, reduction="sum")),
+                                int((logits.argmax(1) == y).sum()), len(y)], dtype=torch.float64)
     model.train(was_training)
-    return total_loss / max(count, 1), correct / max(count, 1)
+    loss, correct, count = world.sum_(totals).tolist()
+    return loss / max(count, 1), correct / max(count, 1)

@@ -27,12 +27,35 @@ from .errors import DassError, Interrupted
 from .runtime import RunDir, load_checkpoint, save_checkpoint
 from .runtime.config import build, load_yaml, to_dict
 from .runtime.rundir import check_run_dir, claim_run_dir, config_hash, remove_stale_temporaries
+from .distributed import World, init_world
 from .runtime.device import resolve_device, to_device
 from .runtime.memory import keep_freed_memory
 from .sparse import Phase
 
 KILL_ENV = "_DASS_TEST_KILL_AFTER_STEPS"  # test hook: signal this process after N steps ...
 KILL_SIGNAL_ENV = "_DASS_TEST_KILL_SIGNAL"  # ... with this signal (default SIGKILL)
+KILL_RANK_ENV = "_DASS_TEST_KILL_RANK"      # ... in this rank only (default: every rank)
+DUMP_ENV = "_DASS_TEST_DUMP_STATE"          # test hook: every rank saves its model state here at each epoch end
+
+
+def rank_device(device: torch.device, world: World) -> torch.device:
+    """Under torchrun, ``cuda`` means this rank's GPU (``cuda:LOCAL_RANK``)."""
+    if world.distributed and device.type == "cuda" and device.index is None:
+        return torch.device("cuda", world.local_rank)
+    return device
+
+
+def default_threads(world: World) -> int:
+    """Intra-op threads when none are configured: ``OMP_NUM_THREADS`` if set, else the cores this process may use
+    shared by the ranks that run on this machine (more threads than cores only spin against each other)."""
+    configured = os.environ.get("OMP_NUM_THREADS", "")
+    if configured.isdigit() and int(configured) >= 1:
+        return int(configured)
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:   # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // max(1, world.local_size))
 
 
 class Diverged(DassError):
@@ -105,9 +128,9 @@ class PhasedRun:
         self.run_dir = run_dir
         self.checkpoint_minutes = config.checkpoint_minutes
         self.progress = progress
-        self.device = resolve_device(config.device)
-        if config.threads:
-            torch.set_num_threads(config.threads)
+        self.world = init_world(resolve_device(config.device))
+        self.device = rank_device(resolve_device(config.device), self.world)
+        torch.set_num_threads(config.threads or default_threads(self.world))
         keep_freed_memory()   # steps reuse the same big activations: no page faults for them every step
         self.position = {"phase": 0, "epoch": 0, "step": 0}
         self.sums: dict[str, float] = {}
@@ -124,13 +147,16 @@ class PhasedRun:
 
         The folder is created only once the run is built (data loaded, model made), so a failed start leaves
         nothing behind; a non-empty ``out`` is refused unless ``force`` (which moves it aside)."""
-        path = check_run_dir(out, cls.kind, force)
-        run = cls(config, RunDir(path), progress)
-        claim_run_dir(path)
+        world = init_world(resolve_device(config.device))
+        path = world.broadcast(check_run_dir(out, cls.kind, force) if world.main else None)  # (names hold a time)
+        run = cls(config, RunDir(path), progress and world.main)
         resolved = to_dict(config)
-        run.manifest = run.run_dir.write_manifest(cls.kind, resolved)
-        run.run_dir.write_config(resolved)
-        run.on_create()
+        if world.main:
+            claim_run_dir(path)
+            run.manifest = run.run_dir.write_manifest(cls.kind, resolved)
+            run.run_dir.write_config(resolved)
+            run.on_create()
+        run.manifest = world.broadcast(run.manifest)
         return run
 
     @classmethod
@@ -140,7 +166,8 @@ class PhasedRun:
         run_dir = RunDir(Path(path))
         if not run_dir.path.is_dir():
             raise DassError(f"{path} is not a directory; --resume takes the run directory of an earlier {cls.kind}")
-        remove_stale_temporaries(run_dir.path)
+        if os.environ.get("RANK", "0") == "0":
+            remove_stale_temporaries(run_dir.path)
         state = load_checkpoint(run_dir.file(RunDir.CHECKPOINT), cls.kind)  # fail early, before loading data
         written = load_yaml(run_dir.file(RunDir.CONFIG))
         manifest = check_belongs(run_dir, state, written)
@@ -150,6 +177,7 @@ class PhasedRun:
         if threads is not None:
             config.threads = threads
         run = cls(config.validate(), run_dir, progress)
+        run.progress = progress and run.world.main
         run.manifest, run.written_config = manifest, written
         run.restore()
         return run
@@ -191,7 +219,15 @@ class PhasedRun:
         raise NotImplementedError
 
     def accumulate(self, **values: float) -> None:
-        """Add a step's values to the epoch sums; a non-finite value stops the run (it diverged)."""
+        """Add a step's values to the epoch sums; a non-finite value stops the run (it diverged).
+
+        In a data-parallel run the values are those of the global batch (counts summed over the ranks, the
+        rest averaged), so the sums, the log and the checkpoint are the same on every rank."""
+        if self.world.distributed and values:
+            keys = list(values)
+            total = self.world.sum_(torch.tensor([float(values[k]) for k in keys], dtype=torch.float64)).tolist()
+            values = {k: (v if k.endswith(("_count", "_correct")) else v / self.world.size)
+                      for k, v in zip(keys, total)}
         for key, value in values.items():
             if not math.isfinite(float(value)):
                 self._diverged(f"{key} is {float(value)}")
@@ -238,6 +274,8 @@ class PhasedRun:
         """Write a checkpoint; refused (the run stops) if the model holds non-finite values, so the checkpoint
         on disk is always a good one."""
         self._check_finite()
+        if not self.world.main:   # rank 0 writes; every rank holds the same state
+            return
         records = self.run_dir.log_records()
         state = {
             **self.extra_state(),
@@ -275,7 +313,8 @@ class PhasedRun:
         except (KeyError, RuntimeError, ValueError, TypeError) as exc:
             raise DassError(f"checkpoint in {self.run_dir.path} does not match its config.yaml ({str(exc)[:200]}); "
                             "was the config edited? Restore it or start a new run") from None
-        self.run_dir.truncate_log(int(state["log_records"]))
+        if self.world.main:
+            self.run_dir.truncate_log(int(state["log_records"]))
 
     def load_optimizer_state(self, state: dict) -> None:
         """Load the current phase's optimizer state (called after ``enter_phase`` on resume)."""
@@ -285,10 +324,12 @@ class PhasedRun:
     def run(self) -> Any:
         """Run to the end. Ctrl-C or SIGTERM stops at the next step boundary with a checkpoint written
         (a second Ctrl-C stops at once); a NaN or infinite loss stops with the last good checkpoint kept."""
-        if not self.run_dir.file(RunDir.CHECKPOINT).is_file():
+        if self.world.main and not self.run_dir.file(RunDir.CHECKPOINT).is_file():
             self.save()   # so that --resume has something to continue from the first step on
         with self._stop_on_signals():
-            return self._loop()
+            result = self._loop()
+        self.world.barrier()   # rank 0 has written the outputs
+        return result
 
     @contextlib.contextmanager
     def _stop_on_signals(self) -> Iterator[None]:
@@ -319,6 +360,8 @@ class PhasedRun:
     def _loop(self) -> Any:
         kill_after = int(os.environ.get(KILL_ENV, "0") or 0)
         kill_signal = getattr(signal, os.environ.get(KILL_SIGNAL_ENV, "SIGKILL"))
+        if os.environ.get(KILL_RANK_ENV, str(self.world.rank)) != str(self.world.rank):
+            kill_after = 0
         steps_here = 0
         last_save = time.monotonic()
         bar = tqdm(total=self.total_steps(), initial=self.steps_done(), disable=not self.progress,
@@ -338,7 +381,7 @@ class PhasedRun:
                             break
                         t0 = time.perf_counter()
                         try:
-                            self.train_step(to_device(batch, self.device))
+                            self.train_step(self.world.shard(to_device(batch, self.device)))
                         except ValueError as exc:   # batch norm on one value per channel (batch 1, 1x1 planes)
                             if "more than 1 value per channel" not in str(exc):
                                 raise
@@ -355,7 +398,8 @@ class PhasedRun:
                         steps_here += 1
                         if kill_after and steps_here == kill_after:
                             os.kill(os.getpid(), kill_signal)
-                        if self._stop is not None:
+                        if self.world.any(self._stop is not None):   # every rank stops at the same step
+                            self._stop = self._stop or "SIGTERM"
                             self.save()
                             raise Interrupted(self._interrupted_message(self._stop))
                         if time.monotonic() - last_save >= self.checkpoint_minutes * 60:
@@ -365,7 +409,11 @@ class PhasedRun:
                     record = {"phase": spec.name, "epoch": self.position["epoch"] + 1, "epochs": spec.epochs,
                               **self.epoch_record(spec, lrs),
                               "seconds_per_step": self.sums.get("seconds", 0.0) / max(self.sums.get("steps", 0), 1)}
-                    self.run_dir.log(record)
+                    if self.world.main:
+                        self.run_dir.log(record)
+                    if os.environ.get(DUMP_ENV):
+                        torch.save(self.model.state_dict(), Path(os.environ[DUMP_ENV]) /
+                                   f"rank{self.world.rank}-phase{index}-epoch{self.position['epoch']}.pt")
                     self.position["epoch"] += 1
                     self.position["step"] = 0
                     self.sums = {}

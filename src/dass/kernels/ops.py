@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from ..distributed.sync_bn import sync_batch_norm
+from ..distributed.world import current_world
 from ..errors import DassError
 from ..native import CPU_OPS, load
 
@@ -416,7 +418,11 @@ class _BatchNorm(torch.autograd.Function):
 def batch_norm(x: torch.Tensor, running_mean: torch.Tensor | None, running_var: torch.Tensor | None,
                weight: torch.Tensor | None = None, bias: torch.Tensor | None = None, training: bool = False,
                momentum: float = 0.1, eps: float = 1e-5) -> torch.Tensor:
-    """``F.batch_norm`` with the compiled kernel for training-mode NCHW batches on CPU."""
+    """``F.batch_norm`` with the compiled kernel for training-mode NCHW batches on CPU; over the global batch
+    in a data-parallel run (:mod:`dass.distributed`)."""
+    world = current_world()
+    if training and world.distributed and x.dim() == 4:
+        return sync_batch_norm(x, running_mean, running_var, weight, bias, momentum, eps, world)
     tensors = [t for t in (x, running_mean, running_var, weight, bias) if t is not None]
     if training and _usable(*tensors) and x.dim() == 4 and x.shape[0] * x.shape[2] * x.shape[3] > 1:
         y, mean, var = _BatchNorm.apply(x, weight, bias, eps)

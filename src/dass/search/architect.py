@@ -10,7 +10,8 @@ step uses that phase's optimizer settings:
 
 with ``w+- = w +- r v``, ``v = d_w' L_val(w', a)`` and ``r = eps / ||v||`` (DARTS' finite
 difference for the Hessian-vector product). Batch-norm running statistics are left as they were
-before the step, so the extra forward passes do not skew them.
+before the step, so the extra forward passes do not skew them. Every gradient is averaged over the ranks
+of a data-parallel run (:func:`dass.loop.gradients`), so all ranks take the same step.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import torch
 from torch import nn
 
 from ..kernels import input_gradients_only
+from ..loop import gradients
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -108,7 +110,7 @@ class Architect:
         loss = self.loss_fn(self.model, x_val, y_val)
         # Only the alpha gradients: weight gradients are never computed for this backward pass.
         with input_gradients_only():
-            grads = torch.autograd.grad(loss, self.arch_params, allow_unused=True)
+            grads = gradients(loss, self.arch_params)
         return float(loss.detach()), self._dense(grads, self.arch_params)
 
     def second_order_grads(self, x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.Tensor,
@@ -118,14 +120,14 @@ class Architect:
         saved = [p.detach().clone() for p in params]
 
         train_loss = self.loss_fn(self.model, x_train, y_train)
-        g_train = torch.autograd.grad(train_loss, params, allow_unused=True)
+        g_train = gradients(train_loss, params)
         direction = lower.virtual_direction(g_train)
         try:
             with torch.no_grad():
                 for p, d in zip(params, direction):
                     p.sub_(d, alpha=xi)
             val_loss = self.loss_fn(self.model, x_val, y_val)
-            grads = torch.autograd.grad(val_loss, self.arch_params + params, allow_unused=True)
+            grads = gradients(val_loss, self.arch_params + params)
             d_alpha = self._dense(grads[:len(self.arch_params)], self.arch_params)
             v = self._dense(grads[len(self.arch_params):], params)
             hvp = self._hessian_vector_product(params, saved, v, x_train, y_train)
@@ -153,6 +155,6 @@ class Architect:
                     p.copy_(w).add_(vi, alpha=sign * r)
             loss = self.loss_fn(self.model, x, y)
             with input_gradients_only():
-                grads = torch.autograd.grad(loss, self.arch_params, allow_unused=True)
+                grads = gradients(loss, self.arch_params)
             grads_at.append(self._dense(grads, self.arch_params))
         return [(gp - gm) / (2 * r) for gp, gm in zip(*grads_at)]

@@ -178,11 +178,12 @@ class DassSearch(PhasedRun):
         if records and "val_acc" in records[-1]:
             meta["search_val_acc"] = records[-1]["val_acc"]
         genotype = Genotype(genotype.normal, genotype.normal_concat, genotype.reduce, genotype.reduce_concat, meta)
-        genotype.save(self.run_dir.file("genotype.json"))
-        from ..viz import draw_genotype, plot_alpha_history
+        if self.world.main:
+            genotype.save(self.run_dir.file("genotype.json"))
+            from ..viz import draw_genotype, plot_alpha_history
 
-        plot_alpha_history(self.history, list(self.config.model.ops), self.run_dir.file("alphas.png"))
-        draw_genotype(genotype, self.run_dir.file("cells.png"))
+            plot_alpha_history(self.history, list(self.config.model.ops), self.run_dir.file("alphas.png"))
+            draw_genotype(genotype, self.run_dir.file("cells.png"))
         return SearchResult(genotype, self.run_dir.path, self.model)
 
 

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..data import prepare_data
+from ..distributed.sync_bn import use_sync_batch_norm
 from ..loop import cosine_lr, evaluate, set_lr, sgd_step
 from ..models import build_model
 from ..params import param_roles
@@ -60,6 +61,8 @@ class TrainRun(PhasedRun):
         self.input_shape = self.data.input_shape
         torch.manual_seed(config.seed)
         self.model = build_network(config, self.data.in_channels, self.data.num_classes, run_dir.path).to(self.device)
+        if self.world.distributed:   # batch norm over the global batch, as one process would
+            use_sync_batch_norm(self.model)
         self.pruner: Pruner = get_pruner(t.pruner)(self.model, t.sparsity, t.mask_scope, t.gmp_updates)
         self.plan = [PhaseSpec("pretrain", Phase.DENSE, t.epochs.pretrain),
                      PhaseSpec("prune", self.pruner.phase, t.epochs.prune),
@@ -136,10 +139,11 @@ class TrainRun(PhasedRun):
 
     def finish(self) -> TrainResult:
         records = self.run_dir.log_records()
-        save_sparse_model(self.model, self.run_dir.file("model_sparse.pt"),
-                          {"config": to_dict(self.config), "input_shape": list(self.input_shape),
-                           "normalization": {"mean": self.data.normalization.mean.tolist(),
-                                             "std": self.data.normalization.std.tolist()}})
+        if self.world.main:
+            save_sparse_model(self.model, self.run_dir.file("model_sparse.pt"),
+                              {"config": to_dict(self.config), "input_shape": list(self.input_shape),
+                               "normalization": {"mean": self.data.normalization.mean.tolist(),
+                                                 "std": self.data.normalization.std.tolist()}})
         return TrainResult(self.run_dir.path, self.model, records[-1]["test_acc"] if records else float("nan"))
 
 
