@@ -10,6 +10,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .distributed import current_world
+from .runtime.precision import current_precision
+
+
+class GradientOverflow(Exception):
+    """fp16 gradients overflowed at the current loss scale: the step is skipped (and the scale halved)."""
 
 
 def cosine_lr(base: float, minimum: float, epoch: int, epochs: int) -> float:
@@ -35,8 +40,14 @@ def classification_loss(output, y: torch.Tensor, label_smoothing: float = 0.0,
 
 
 def gradients(loss: torch.Tensor, params: Sequence[torch.Tensor]) -> list[torch.Tensor | None]:
-    """``d loss / d params`` (None where unused), averaged over the ranks of a data-parallel run."""
-    return current_world().average(torch.autograd.grad(loss, params, allow_unused=True))
+    """``d loss / d params`` (None where unused), averaged over the ranks of a data-parallel run; under fp16,
+    through the loss scale (raises :class:`GradientOverflow` when they overflow)."""
+    precision = current_precision()
+    grads = current_world().average(torch.autograd.grad(precision.scaled(loss), params, allow_unused=True))
+    grads, finite = precision.unscale(grads)
+    if not finite:
+        raise GradientOverflow
+    return grads
 
 
 def sgd_step(model: nn.Module, params: Sequence[nn.Parameter], optimizer: torch.optim.Optimizer,
@@ -46,15 +57,23 @@ def sgd_step(model: nn.Module, params: Sequence[nn.Parameter], optimizer: torch.
 
     Returns the batch loss and the number of correct predictions.
     """
-    loss, logits = classification_loss(model(x), y, label_smoothing, aux_weight)
-    grads = gradients(loss, params)
+    precision = current_precision()
+    with precision.autocast():
+        loss, logits = classification_loss(model(x), y, label_smoothing, aux_weight)
+    result = float(loss.detach()), int((logits.argmax(1) == y).sum())
+    try:
+        grads = gradients(loss, params)
+    except GradientOverflow:
+        precision.update(False)
+        return result
     for p, g in zip(params, grads):
         p.grad = g
     if grad_clip:
         nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], grad_clip)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return float(loss.detach()), int((logits.argmax(1) == y).sum())
+    precision.update(True)
+    return result
 
 
 @torch.no_grad()
@@ -73,7 +92,8 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tenso
             continue
         if device is not None:
             x, y = x.to(device), y.to(device)
-        logits = model(x)
+        with current_precision().autocast():
+            logits = model(x).float()
         totals += torch.tensor([float(F.cross_entropy(logits, y, reduction="sum")),
                                 int((logits.argmax(1) == y).sum()), len(y)], dtype=torch.float64)
     model.train(was_training)

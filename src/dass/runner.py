@@ -29,6 +29,7 @@ from .runtime.config import build, load_yaml, to_dict
 from .runtime.rundir import check_run_dir, claim_run_dir, config_hash, remove_stale_temporaries
 from .distributed import World, init_world
 from .runtime.device import resolve_device, to_device
+from .runtime.precision import Precision, set_precision
 from .runtime.memory import keep_freed_memory
 from .sparse import Phase
 
@@ -131,6 +132,7 @@ class PhasedRun:
         self.world = init_world(resolve_device(config.device))
         self.device = rank_device(resolve_device(config.device), self.world)
         torch.set_num_threads(config.threads or default_threads(self.world))
+        self.precision = set_precision(Precision(config.precision, self.device.type))
         keep_freed_memory()   # steps reuse the same big activations: no page faults for them every step
         self.position = {"phase": 0, "epoch": 0, "step": 0}
         self.sums: dict[str, float] = {}
@@ -288,6 +290,7 @@ class PhasedRun:
             "run_id": (self.manifest or {}).get("run_id"),
             "config": self.written_config,
             "torch_rng": torch.get_rng_state(),
+            "precision": self.precision.state_dict(),
         }
         if self.device.type == "cuda":   # drop-path and dropout draw from the GPU's generator
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
@@ -307,6 +310,8 @@ class PhasedRun:
                     self.load_optimizer_state(state)
             self.sums = dict(state["sums"])
             self.history = list(state["history"])
+            if "precision" in state:
+                self.precision.load_state_dict(state["precision"])
             torch.set_rng_state(state["torch_rng"])
             if "cuda_rng" in state and self.device.type == "cuda":
                 torch.cuda.set_rng_state(state["cuda_rng"], self.device)
@@ -324,6 +329,8 @@ class PhasedRun:
     def run(self) -> Any:
         """Run to the end. Ctrl-C or SIGTERM stops at the next step boundary with a checkpoint written
         (a second Ctrl-C stops at once); a NaN or infinite loss stops with the last good checkpoint kept."""
+        if self.config.channels_last:
+            self.model.to(memory_format=torch.channels_last)
         if self.world.main and not self.run_dir.file(RunDir.CHECKPOINT).is_file():
             self.save()   # so that --resume has something to continue from the first step on
         with self._stop_on_signals():
@@ -381,7 +388,7 @@ class PhasedRun:
                             break
                         t0 = time.perf_counter()
                         try:
-                            self.train_step(self.world.shard(to_device(batch, self.device)))
+                            self.train_step(self.world.shard(to_device(batch, self.device, self.config.channels_last)))
                         except ValueError as exc:   # batch norm on one value per channel (batch 1, 1x1 planes)
                             if "more than 1 value per channel" not in str(exc):
                                 raise

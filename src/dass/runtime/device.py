@@ -38,10 +38,13 @@ def resolve_device(spec: str | torch.device | None) -> torch.device:
     return device
 
 
-def to_device(obj, device: torch.device):
-    """Tensors (also inside tuples and lists) moved to ``device``; a CPU tensor stays the same object on cpu."""
+def to_device(obj, device: torch.device, channels_last: bool = False):
+    """Tensors (also inside tuples and lists) moved to ``device`` (image batches NHWC in memory with
+    ``channels_last``); a CPU tensor stays the same object on cpu."""
     if isinstance(obj, torch.Tensor):
+        if channels_last and obj.dim() == 4:
+            return obj.to(device, memory_format=torch.channels_last)
         return obj.to(device)
     if isinstance(obj, (tuple, list)):
-        return type(obj)(to_device(o, device) for o in obj)
+        return type(obj)(to_device(o, device, channels_last) for o in obj)
     return obj

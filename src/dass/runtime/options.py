@@ -20,6 +20,8 @@ class RunOptions:
     threads: Optional[int] = None
     checkpoint_minutes: float = 10.0  # mid-epoch checkpoints; one is always written at each epoch end
     device: str = "cpu"               # cpu | cuda | cuda:N | mps
+    precision: str = "fp32"           # fp32 | bf16 | fp16 (autocast; fp16 with dynamic loss scaling)
+    channels_last: bool = False       # NHWC activations for convolutions (GPUs)
     data: DataConfig = field(default_factory=DataConfig)
 
     def validate_run(self) -> None:
@@ -34,7 +36,14 @@ class RunOptions:
             (d.crop_padding >= 0 and d.cutout >= 0,
              f"data.crop_padding and data.cutout must not be negative, got {d.crop_padding} and {d.cutout}"),
         ])
-        resolve_device(self.device)
+        device = resolve_device(self.device)
+        from .precision import PRECISIONS
+
+        check_all([
+            (self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"),
+            (not self.channels_last or device.type != "cpu",
+             "channels_last helps GPU convolutions; dass's CPU kernels take NCHW: drop it with --device cpu"),
+        ])
         from ..data.datasets import NAMED
 
         if d.dataset not in NAMED and _exists(d.dataset):

@@ -24,7 +24,8 @@ import torch
 from torch import nn
 
 from ..kernels import input_gradients_only
-from ..loop import gradients
+from ..loop import GradientOverflow, gradients
+from ..runtime.precision import current_precision
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -90,12 +91,21 @@ class Architect:
 
     def step(self, x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.Tensor, y_val: torch.Tensor,
              lower: LowerLevel | None) -> float:
-        """One architecture update; returns the validation loss it was computed from."""
-        with preserved_buffers(self.model):
-            if self.order == 1 or lower is None:
-                loss, grads = self.first_order_grads(x_val, y_val)
-            else:
-                loss, grads = self.second_order_grads(x_train, y_train, x_val, y_val, lower)
+        """One architecture update; returns the validation loss it was computed from. Under fp16 a step whose
+        gradients overflow is skipped (the loss scale halves); the second-order step runs in float32."""
+        precision = current_precision()
+        try:
+            with preserved_buffers(self.model):
+                if self.order == 1 or lower is None:
+                    with precision.autocast():
+                        loss, grads = self.first_order_grads(x_val, y_val)
+                else:
+                    with precision.full():
+                        loss, grads = self.second_order_grads(x_train, y_train, x_val, y_val, lower)
+        except GradientOverflow:
+            precision.update(False)
+            return self._skipped_loss(x_val, y_val)
+        precision.update(True)
         if self.penalty is not None:
             extra = self._dense(torch.autograd.grad(self.penalty(), self.arch_params, allow_unused=True),
                                 self.arch_params)
@@ -136,6 +146,11 @@ class Architect:
                 for p, w in zip(params, saved):
                     p.copy_(w)
         return float(val_loss.detach()), [da - xi * h for da, h in zip(d_alpha, hvp)]
+
+    def _skipped_loss(self, x_val: torch.Tensor, y_val: torch.Tensor) -> float:
+        """The validation loss of a skipped (overflowed) step, for the log."""
+        with torch.no_grad(), preserved_buffers(self.model), current_precision().autocast():
+            return float(self.loss_fn(self.model, x_val, y_val))
 
     @staticmethod
     def _dense(grads: Sequence[torch.Tensor | None], like: Sequence[torch.Tensor]) -> list[torch.Tensor]:
