@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -220,6 +222,7 @@ def test_speed_report_measures_both(images):
     assert all(r.dense_cold_ms > 0 and r.packed_cold_ms > 0 for r in report.results)   # timed apart
     assert "conv 3x3" in report.profile and report.profile["conv 3x3"]["macs"] > 0
     assert "speed-up" in report.table() and "GMAC/s" in report.profile_table()
+    assert sys.float_info.min / 2 != 0.0   # the caller's floating-point mode is restored (no flush-to-zero left on)
 
 
 def test_packed_model_runs_without_pytorch(tmp_path, images):

@@ -13,6 +13,7 @@ are reported beside them so that neither is hidden.
 from __future__ import annotations
 
 import statistics
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -96,15 +97,21 @@ def compare_speed(model: nn.Module, input_shape: tuple[int, int, int], batches: 
     packed.threads = threads
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
-    flush = torch.set_flush_denormal(True)  # the packed runtime flushes denormals too: same footing
+    was_flushing = _flushing_denormals()
+    torch.set_flush_denormal(True)  # the packed runtime flushes denormals too: same footing
     try:
         with torch.inference_mode():
             results, profile = _measure(dense, packed, input_shape, batches, rounds, inputs, min_seconds)
     finally:
         torch.set_num_threads(previous)
-        if not flush:
-            torch.set_flush_denormal(False)
+        torch.set_flush_denormal(was_flushing)   # the caller's process keeps its own floating-point mode
     return SpeedReport(results, profile, packed.nonzero_macs, threads)
+
+
+def _flushing_denormals() -> bool:
+    """Whether this thread flushes denormal floats to zero now (a denormal halved becomes 0.0 if so)."""
+    tiny = sys.float_info.min
+    return tiny / 2.0 == 0.0
 
 
 def _measure(dense: nn.Module, packed: PackedModel, input_shape: tuple[int, int, int], batches: tuple[int, ...],
