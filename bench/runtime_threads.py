@@ -26,6 +26,7 @@ from dass.deploy.compiler import compile_model  # noqa: E402
 from dass.deploy.export import synthetic_model  # noqa: E402
 from dass.deploy.fold import fold_batchnorm  # noqa: E402
 from dass.deploy.packed import PackedModel  # noqa: E402
+from dass.runtime.load import warn_if_busy  # noqa: E402
 from dass.space import Genotype  # noqa: E402
 
 
@@ -44,6 +45,7 @@ def main() -> None:
     ap.add_argument("--sparsity", type=float, default=0.99)
     ap.add_argument("--rounds", type=int, default=15)
     args = ap.parse_args()
+    warn_if_busy()
     images = real_images(64)
     spec = dict(width=1.0) if args.network == "resnet18" else \
         dict(genotype=Genotype.load(GENOTYPE), init_channels=36, layers=20)

@@ -124,6 +124,9 @@ def main() -> None:
     if args.child:
         child(args.child, args.channels, args.layers, args.batch, args.steps)
         return
+    from dass.runtime.load import warn_if_busy
+
+    warn_if_busy()
     modes = [Mode(m, args.channels, args.layers, args.batch, args.steps)
              for m in ("reference", "exact", "exact-prune", "pc4")]
     if args.paper:

@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from dass.data import load_dataset  # noqa: E402
 from dass.deploy.export import synthetic_model  # noqa: E402
 from dass.deploy.speed import compare_speed  # noqa: E402
+from dass.runtime.load import warn_if_busy  # noqa: E402
 from dass.space import Genotype  # noqa: E402
 
 
@@ -44,6 +45,7 @@ def main() -> None:
     ap.add_argument("--sparsities", default="0.9,0.95,0.99")
     ap.add_argument("--rounds", type=int, default=7)
     args = ap.parse_args()
+    warn_if_busy()
     images = real_images()
     genotype = Genotype.load(GENOTYPE)
     networks = {

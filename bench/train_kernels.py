@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 from dass.kernels import avg_pool2d, batch_norm, conv2d, max_pool2d  # noqa: E402
+from dass.runtime.load import warn_if_busy  # noqa: E402
 
 
 def ops(c: int):
@@ -44,6 +45,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
+    warn_if_busy()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     print(f"forward + backward (input and weight gradients), batch 64, {args.threads} threads, medians of "
