@@ -1,14 +1,17 @@
-"""Dense PyTorch against the packed sparse runtime, for a pruned ResNet-18 and a DASS network.
+"""Dense PyTorch and ONNX Runtime against the packed sparse runtime, for a pruned ResNet-18 and a DASS network.
 
 For each network and sparsity (90%, 95%, 99%): the network pruned per layer by weight magnitude (its
 nonzero pattern is what HYDRA/magnitude pruning leaves at that sparsity; training does not change the
-cost), batch norm calibrated on real CIFAR-10 images, then dense PyTorch (masks materialized, BN folded)
-and the packed runtime timed in alternating rounds at batch 1 and 64 with 2 threads (back-to-back calls
+cost), batch norm calibrated on real CIFAR-10 images, then dense PyTorch (masks materialized, BN folded),
+ONNX Runtime (the same folded model exported to ONNX, dense kernels, full graph optimisation: what a user
+would deploy with) and the packed runtime timed in alternating rounds at batch 1 and 64 with 2 threads (back-to-back calls
 after one call per round timed apart; "cold b1" is the ratio of those first calls, each made right after
 the other engine had evicted its weights from the caches). Prints the table,
 the per-op profile at batch 1, and one line per network and sparsity:
 
-    speedup_<network>_<sparsity percent>: X      (batch 1)
+    speedup_<network>_<sparsity percent>: X             (against PyTorch, batch 1)
+    speedup_vs_ort_<network>_<sparsity percent>: X      (against ONNX Runtime, batch 1)
+    speedup_vs_ort_b64_<network>_<sparsity percent>: X  (against ONNX Runtime, batch 64)
 
     python bench/sparse_runtime.py [--quick]
 """
@@ -65,15 +68,19 @@ def main() -> None:
             report = compare_speed(model, (3, 32, 32), batches=(1, 64), threads=2, rounds=rounds, inputs=images)
             b1, b64 = report.results
             pct = round(sparsity * 100)
-            lines.append(f"| {net} | {pct}% | {report.nonzero_macs / 1e6:.1f} | {b1.dense_ms:.2f} | {b1.packed_ms:.2f} | "
-                         f"{b1.speedup:.2f}x | {b1.cold_speedup:.2f}x | {b64.dense_ms:.1f} | {b64.packed_ms:.1f} | {b64.speedup:.2f}x | "
-                         f"{max(b1.max_abs_diff, b64.max_abs_diff):.1e} |")
+            diff = max(b1.max_abs_diff, b64.max_abs_diff, b1.ort_max_abs_diff or 0, b64.ort_max_abs_diff or 0)
+            lines.append(f"| {net} | {pct}% | {report.nonzero_macs / 1e6:.1f} | {b1.dense_ms:.2f} | {b1.ort_ms:.2f} | "
+                         f"{b1.packed_ms:.2f} | {b1.speedup:.2f}x | {b1.speedup_vs_ort:.2f}x | {b64.dense_ms:.1f} | "
+                         f"{b64.ort_ms:.1f} | {b64.packed_ms:.1f} | {b64.speedup:.2f}x | {b64.speedup_vs_ort:.2f}x | "
+                         f"{diff:.1e} |")
             speedups[f"speedup_{net}_{pct}"] = b1.speedup
+            speedups[f"speedup_vs_ort_{net}_{pct}"] = b1.speedup_vs_ort
+            speedups[f"speedup_vs_ort_b64_{net}_{pct}"] = b64.speedup_vs_ort
             profiles.append((f"{net} at {pct}%", report.profile_table()))
             print(lines[-1], flush=True)
-    print("\n| network | sparsity | nonzero MMACs | dense b1 (ms) | packed b1 (ms) | speed-up b1 | dense b64 (ms) | "
-          "packed b64 (ms) | speed-up b64 | max abs diff |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("\n| network | sparsity | nonzero MMACs | PyTorch b1 (ms) | ORT b1 (ms) | packed b1 (ms) | vs PyTorch b1 | "
+          "vs ORT b1 | PyTorch b64 (ms) | ORT b64 (ms) | packed b64 (ms) | vs PyTorch b64 | vs ORT b64 | max abs diff |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(lines))
     for title, table in profiles:
         print(f"\nwhere the time goes, {title}, batch 1:\n{table}")

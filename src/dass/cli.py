@@ -212,7 +212,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if (args.run_dir is None) == (args.model is None):
         raise DassError("give either a trained RUN_DIR or --model NAME --sparsity S (a synthetically pruned model)")
     if args.run_dir:
-        report = bench_run(args.run_dir, batches, args.threads, args.rounds)
+        report = bench_run(args.run_dir, batches, args.threads, args.rounds, ort=not args.no_ort)
         target = args.run_dir
     else:
         if args.sparsity is None or not 0 <= args.sparsity < 1:
@@ -226,7 +226,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if args.layers:
             kwargs["layers"] = args.layers
         model = synthetic_model(args.model, args.sparsity, shape, **kwargs)
-        report = compare_speed(model, shape, batches, args.threads, args.rounds)
+        report = compare_speed(model, shape, batches, args.threads, args.rounds, ort=not args.no_ort)
         target = f"{args.model} at {args.sparsity:.0%} sparsity (synthetic)"
     print(f"{target}: {report.nonzero_macs:,} nonzero multiply-adds per image, {report.threads} threads\n")
     print(report.table())
@@ -277,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device(p, "the packed runtime")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("bench", help="dense PyTorch vs the packed sparse runtime, side by side")
+    p = sub.add_parser("bench", help="dense PyTorch and ONNX Runtime vs the packed sparse runtime, side by side")
     p.add_argument("run_dir", nargs="?", help="a trained run (uses its model_packed.npz if exported)")
     p.add_argument("--model", help="instead of a run: a synthetically pruned model (resnet18, darts_v2, ...)")
     p.add_argument("--sparsity", type=float)
@@ -290,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device(p, "the packed runtime")
     p.add_argument("--rounds", type=int, default=7, help="alternating timing rounds (medians are reported)")
     p.add_argument("--json", action="store_true", help="also print the results as JSON")
+    p.add_argument("--no-ort", action="store_true", help="leave ONNX Runtime out (it is timed when installed)")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("show", help="print and draw a genotype (genotype.json, a DARTS string file, or DARTS_V2)")

@@ -220,6 +220,10 @@ def test_speed_report_measures_both(images):
     assert [r.batch for r in report.results] == [1, 3]
     assert all(r.dense_ms > 0 and r.packed_ms > 0 and r.max_abs_diff < TOL for r in report.results)
     assert all(r.dense_cold_ms > 0 and r.packed_cold_ms > 0 for r in report.results)   # timed apart
+    # ONNX Runtime (a test dependency) on the same folded model, timed beside the two
+    assert all(r.ort_ms > 0 and r.ort_max_abs_diff < TOL and r.speedup_vs_ort == r.ort_ms / r.packed_ms
+               for r in report.results)
+    assert "ONNX Runtime (ms)" in report.table()
     assert "conv 3x3" in report.profile and report.profile["conv 3x3"]["macs"] > 0
     assert "speed-up" in report.table() and "GMAC/s" in report.profile_table()
     assert sys.float_info.min / 2 != 0.0   # the caller's floating-point mode is restored (no flush-to-zero left on)

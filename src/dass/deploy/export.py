@@ -101,14 +101,14 @@ def exported_packed_file(run_dir: Path) -> Path | None:
     return packed_file
 
 
-def bench_run(run_dir: str | Path, batches: tuple[int, ...], threads: int, rounds: int) -> SpeedReport:
+def bench_run(run_dir: str | Path, batches: tuple[int, ...], threads: int, rounds: int, ort: bool = True) -> SpeedReport:
     run_dir = Path(run_dir)
     check_writable(run_dir, "the bench writes bench.json into the run directory")
     trained = load_trained(run_dir, "cpu")
     packed_file = exported_packed_file(run_dir)
     packed = PackedModel.load(packed_file, threads) if packed_file is not None else None
     report = compare_speed(trained.model, trained.input_shape, batches, threads, rounds,
-                           inputs=trained.test_images(CHECK_IMAGES), packed=packed)
+                           inputs=trained.test_images(CHECK_IMAGES), packed=packed, ort=ort)
     atomic_write_text(run_dir / "bench.json", json.dumps(report_dict(report), indent=2) + "\n")
     return report
 
@@ -117,5 +117,7 @@ def report_dict(report: SpeedReport) -> dict:
     return {"threads": report.threads, "nonzero_macs": report.nonzero_macs,
             "results": [dict(batch=r.batch, dense_ms=r.dense_ms, packed_ms=r.packed_ms, speedup=r.speedup,
                              max_abs_diff=r.max_abs_diff, dense_cold_ms=r.dense_cold_ms, packed_cold_ms=r.packed_cold_ms,
-                             cold_speedup=r.cold_speedup) for r in report.results],
+                             cold_speedup=r.cold_speedup, ort_ms=r.ort_ms, ort_cold_ms=r.ort_cold_ms,
+                             speedup_vs_ort=r.speedup_vs_ort, ort_max_abs_diff=r.ort_max_abs_diff)
+                        for r in report.results],
             "profile_batch1": report.profile}

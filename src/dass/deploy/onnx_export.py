@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import warnings
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -22,10 +26,25 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: Path, opse
     example = torch.randn(2, *input_shape)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.onnx.export(folded, (example,), str(path), input_names=["input"], output_names=["logits"],
-                      dynamic_shapes={"x": {0: torch.export.Dim("batch")}}, opset_version=opset, dynamo=True,
-                      verbose=False)
+    with _quiet_exporter():
+        torch.onnx.export(folded, (example,), str(path), input_names=["input"], output_names=["logits"],
+                          dynamic_shapes={"x": {0: torch.export.Dim("batch")}}, opset_version=opset, dynamo=True,
+                          verbose=False)
     return path
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """The exporter's notes (torchvision ops it skips, deprecations) are not the user's business."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
 
 
 def check_onnx(model: nn.Module, path: Path, input_shape: tuple[int, ...], batch: int = 4,

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import statistics
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -35,10 +37,17 @@ class SpeedResult:
     max_abs_diff: float
     dense_cold_ms: float = 0.0    # the first call of a round, right after the other engine ran
     packed_cold_ms: float = 0.0
+    ort_ms: float | None = None   # ONNX Runtime (dense, same folded model), when onnxruntime is installed
+    ort_cold_ms: float | None = None
+    ort_max_abs_diff: float | None = None
 
     @property
     def speedup(self) -> float:
         return self.dense_ms / self.packed_ms
+
+    @property
+    def speedup_vs_ort(self) -> float | None:
+        return self.ort_ms / self.packed_ms if self.ort_ms else None
 
     @property
     def cold_speedup(self) -> float:
@@ -53,11 +62,16 @@ class SpeedReport:
     threads: int = DEFAULT_THREADS
 
     def table(self) -> str:
-        lines = ["| batch | dense PyTorch (ms) | packed (ms) | speed-up | cold: dense / packed (ms) | cold speed-up "
-                 "| max abs diff |", "|---|---|---|---|---|---|---|"]
+        ort = any(r.ort_ms for r in self.results)
+        lines = ["| batch | dense PyTorch (ms) | " + ("ONNX Runtime (ms) | " if ort else "") + "packed (ms) | speed-up "
+                 + ("| vs ONNX Runtime " if ort else "") + "| cold: dense / packed (ms) | cold speed-up | max abs diff |",
+                 "|---|---|---|---|" + ("---|---|" if ort else "") + "---|---|---|"]
         for r in self.results:
-            lines.append(f"| {r.batch} | {r.dense_ms:.3f} | {r.packed_ms:.3f} | {r.speedup:.2f}x | "
-                         f"{r.dense_cold_ms:.3f} / {r.packed_cold_ms:.3f} | {r.cold_speedup:.2f}x | {r.max_abs_diff:.1e} |")
+            ort_cells = f"{r.ort_ms:.3f} | " if ort and r.ort_ms else ("- | " if ort else "")
+            vs = (f" {r.speedup_vs_ort:.2f}x |" if r.speedup_vs_ort else " - |") if ort else ""
+            diff = max(r.max_abs_diff, r.ort_max_abs_diff or 0.0)
+            lines.append(f"| {r.batch} | {r.dense_ms:.3f} | {ort_cells}{r.packed_ms:.3f} | {r.speedup:.2f}x |{vs} "
+                         f"{r.dense_cold_ms:.3f} / {r.packed_cold_ms:.3f} | {r.cold_speedup:.2f}x | {diff:.1e} |")
         return "\n".join(lines)
 
     def profile_table(self) -> str:
@@ -87,21 +101,56 @@ def _median_times(fns: list, rounds: int, inner: int) -> tuple[list[float], list
     return [statistics.median(t) for t in warm], [statistics.median(t) for t in cold]
 
 
+class OrtEngine:
+    """ONNX Runtime on the same masked, BN-folded model (dense kernels): what a user would deploy instead."""
+
+    def __init__(self, model: nn.Module, input_shape: tuple[int, int, int], threads: int):
+        import onnxruntime as ort
+
+        from .onnx_export import export_onnx
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = export_onnx(model, input_shape, Path(tmp) / "model.onnx")
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: x})[0]
+
+
+def ort_engine(model: nn.Module, input_shape: tuple[int, int, int], threads: int) -> OrtEngine | None:
+    """An :class:`OrtEngine`, or None when onnx/onnxruntime are not installed (the ``onnx`` extra)."""
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return None
+    return OrtEngine(model, input_shape, threads)
+
+
 def compare_speed(model: nn.Module, input_shape: tuple[int, int, int], batches: tuple[int, ...] = (1, 64),
                   threads: int = DEFAULT_THREADS, rounds: int = 7, inputs: torch.Tensor | None = None,
-                  packed: PackedModel | None = None, min_seconds: float = 0.05) -> SpeedReport:
+                  packed: PackedModel | None = None, min_seconds: float = 0.05, ort: bool = True) -> SpeedReport:
+    """Dense PyTorch, ONNX Runtime (``ort`` and installed) and the packed runtime on the same model, timed in
+    alternating rounds at each batch size; checks that they agree."""
     """Time the folded dense model and the packed model at each batch size; check they agree."""
     model = model.eval()
     dense = fold_batchnorm(model)   # outside inference mode: the copies stay ordinary tensors
     packed = packed or PackedModel(compile_model(model, input_shape), threads=threads)
     packed.threads = threads
+    onnx_runtime = ort_engine(model, input_shape, threads) if ort else None
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     was_flushing = _flushing_denormals()
     torch.set_flush_denormal(True)  # the packed runtime flushes denormals too: same footing
     try:
         with torch.inference_mode():
-            results, profile = _measure(dense, packed, input_shape, batches, rounds, inputs, min_seconds)
+            results, profile = _measure(dense, packed, input_shape, batches, rounds, inputs, min_seconds,
+                                        onnx_runtime)
     finally:
         torch.set_num_threads(previous)
         torch.set_flush_denormal(was_flushing)   # the caller's process keeps its own floating-point mode
@@ -115,7 +164,8 @@ def _flushing_denormals() -> bool:
 
 
 def _measure(dense: nn.Module, packed: PackedModel, input_shape: tuple[int, int, int], batches: tuple[int, ...],
-             rounds: int, inputs: torch.Tensor | None, min_seconds: float) -> tuple[list[SpeedResult], dict]:
+             rounds: int, inputs: torch.Tensor | None, min_seconds: float,
+             ort: OrtEngine | None = None) -> tuple[list[SpeedResult], dict]:
     results = []
     gen = torch.Generator().manual_seed(0)
     for batch in batches:
@@ -125,15 +175,21 @@ def _measure(dense: nn.Module, packed: PackedModel, input_shape: tuple[int, int,
         else:
             x = torch.randn(batch, *input_shape, generator=gen)
         xn = x.numpy()
-        diff = float(np.abs(packed(xn) - dense(x).numpy()).max())
+        reference = dense(x).numpy()
+        diff = float(np.abs(packed(xn) - reference).max())
+        engines = [lambda: dense(x), lambda: packed(xn)] + ([lambda: ort(xn)] if ort is not None else [])
         for _ in range(2):      # warm-up
-            dense(x)
-            packed(xn)
+            for engine in engines:
+                engine()
         t0 = time.perf_counter()
         dense(x)
         inner = max(1, int(min_seconds / max(time.perf_counter() - t0, 1e-6)))
-        (dense_s, packed_s), (dense_c, packed_c) = _median_times([lambda: dense(x), lambda: packed(xn)], rounds, inner)
-        results.append(SpeedResult(batch, 1e3 * dense_s, 1e3 * packed_s, diff, 1e3 * dense_c, 1e3 * packed_c))
+        warm, cold = _median_times(engines, rounds, inner)
+        result = SpeedResult(batch, 1e3 * warm[0], 1e3 * warm[1], diff, 1e3 * cold[0], 1e3 * cold[1])
+        if ort is not None:
+            result.ort_ms, result.ort_cold_ms = 1e3 * warm[2], 1e3 * cold[2]
+            result.ort_max_abs_diff = float(np.abs(ort(xn) - reference).max())
+        results.append(result)
     x1 = (inputs[:1] if inputs is not None else torch.randn(1, *input_shape, generator=gen)).numpy()
     profile = packed.profile(x1, repeats=20)
     return results, profile
