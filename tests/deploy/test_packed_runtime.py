@@ -340,3 +340,16 @@ def test_private_unfold_per_thread(images):
     for threads in (1, 2, 1, 2):   # the second thread needs its own copy: the buffers grow with the threads
         packed.threads = threads
         assert float(np.abs(packed(x.numpy()) - ref).max()) < TOL
+
+
+class _PositionalPools(nn.Module):
+    def forward(self, x):
+        return F.avg_pool2d(x, 3, 1, 1, False, False) + F.avg_pool2d(x, 3, 1, 1, False, True)
+
+
+@pytest.mark.parametrize("module", [nn.AvgPool2d(3, 1, 1, count_include_pad=False), nn.AvgPool2d(3, 2, 1),
+                                    nn.MaxPool2d(3, 2, 1), _PositionalPools()], ids=["avg", "avg-s2", "max", "fn"])
+def test_pools_as_the_whole_model_and_with_positional_arguments(module, images):
+    """A pool traced as the root module arrives as a functional call with positional arguments
+    (count_include_pad among them); the runtime must honour them."""
+    assert _check(module.eval(), images[:2]) < TOL

@@ -315,14 +315,21 @@ register_lowering(nn.AdaptiveAvgPool2d, F.adaptive_avg_pool2d, torch.mean)(_glob
 register_lowering(nn.Identity, nn.Dropout, nn.Flatten, torch.flatten, "flatten", "view", "reshape")(_same_value)
 
 
+_POOL_PARAMETERS = {   # the positional order of the functional pools' parameters
+    F.max_pool2d: ("input", "kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices"),
+    F.avg_pool2d: ("input", "kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override"),
+}
+
+
 @register_lowering(F.max_pool2d, F.avg_pool2d)
 def _pool_function(low: Lowering, node: torch.fx.Node) -> None:
-    args, kw = node.args, node.kwargs
-    k = args[1] if len(args) > 1 else kw["kernel_size"]
-    s = args[2] if len(args) > 2 else kw.get("stride")
-    p = args[3] if len(args) > 3 else kw.get("padding", 0)
-    kind = _pool_kind(node.target is F.max_pool2d, kw.get("count_include_pad", True))
-    _emit_pool(low, node, low.arg(args[0]), k, s or k, p, kind, kw.get("ceil_mode", False))
+    given = {**dict(zip(_POOL_PARAMETERS[node.target], node.args)), **node.kwargs}   # positional or keyword alike
+    if given.get("divisor_override") is not None or given.get("return_indices"):
+        raise DassError(f"{node.name}: pooling with divisor_override or return_indices is not supported by the runtime")
+    k = given["kernel_size"]
+    kind = _pool_kind(node.target is F.max_pool2d, given.get("count_include_pad", True))
+    _emit_pool(low, node, low.arg(given["input"]), k, given.get("stride") or k, given.get("padding", 0), kind,
+               given.get("ceil_mode", False), given.get("dilation", 1))
 
 
 @register_lowering(operator.add, torch.add, "add")

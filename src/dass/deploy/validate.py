@@ -361,7 +361,7 @@ class _Convs:
         self.copying = (self.mode == _OWN_COPY) | (self.mode == _PER_THREAD)
         variants = {"planes": ~self.im2col, "residual": self.has_y, "bias": self.has_bias, "copy": self.copying,
                     "in_place": self.mode == _IN_PLACE, "dense": self.dense, "sparse": ~self.dense}
-        self.variants = np.stack([variants[key] for key in _CONV_READS], axis=1).reshape(rows.size, -1)
+        self.variants = np.stack([variants[key] for key in _CONV_READS], axis=1).reshape(rows.size, len(_CONV_READS))
 
     def check_codes(self, t: _Table) -> None:
         t.code(self.rows, "SCRATCH", Scratch)
