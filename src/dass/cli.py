@@ -237,6 +237,33 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_profile_ops(args: argparse.Namespace) -> int:
+    from .data import load_dataset
+    from .search import make_config
+    from .search.latency import LatencyTable, edge_op_latencies
+    from .space import get_space
+    from .space.mixed import MixedOp
+
+    if args.threads < 1:
+        raise DassError(f"--threads must be at least 1, got {args.threads}")
+    config = make_config(args.config or "default", _flag_overrides(args), args.sets)
+    dataset = load_dataset(config.data.dataset, config.data.data_dir)
+    shape = (dataset.in_channels, *dataset.image_size)
+    model = get_space(config.model.space).build_supernet(config.model, shape[0], dataset.num_classes, MixedOp)
+    table = LatencyTable(args.threads)
+    costs = edge_op_latencies(model, shape, config.search.sparsity, table)
+    ops = list(config.model.ops)
+    print(f"packed-runtime time per sample of each op, summed over the cells of each kind, at "
+          f"{config.search.sparsity:.0%} sparsity, {args.threads} threads (ms; {table.measured} measured now, "
+          f"the rest from {table.path})\n")
+    print("| cell | edge | " + " | ".join(ops) + " |")
+    print("|---|---|" + "---|" * len(ops))
+    for kind in ("normal", "reduce"):
+        for e, row in enumerate(costs[kind].tolist()):
+            print(f"| {kind} | {e} | " + " | ".join(f"{1e3 * v:.3f}" for v in row) + " |")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dass", description="Differentiable architecture search for sparse networks")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -293,6 +320,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-ort", action="store_true", help="leave ONNX Runtime out (it is timed when installed)")
     p.set_defaults(func=cmd_bench)
 
+    p = sub.add_parser("profile-ops", help="time every candidate op of the search space in the packed runtime on "
+                                           "this machine (the table search.cost=latency uses; cached)")
+    p.add_argument("--config", help="search config file or preset (the supernet's sizes and ops)")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
+    for flag in ("--dataset", "--sparsity", "--init-channels", "--layers", "--space"):
+        p.add_argument(flag, type=float if flag == "--sparsity" else int if flag in ("--init-channels", "--layers")
+                       else str)
+    p.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="threads of the packed runtime")
+    p.set_defaults(func=cmd_profile_ops, epochs=None, batch_size=None, seed=None, subset=None, order=None,
+                   method=None, device=None)
     p = sub.add_parser("show", help="print and draw a genotype (genotype.json, a DARTS string file, or DARTS_V2)")
     p.add_argument("genotype")
     p.add_argument("--format", choices=("darts", "json"), default="darts")

@@ -57,7 +57,8 @@ class SearchConfig:
     unrolled_eps: float = 0.01
     eval_val: bool = True             # full pass over the val split at each epoch end
     path_sampling: str = "all"        # deprecated: proxyless is search.method=proxyless
-    cost_weight: float = 0.0          # > 0: add cost_weight * expected nonzero MACs / uniform-alpha MACs to the arch loss
+    cost_weight: float = 0.0          # > 0: add cost_weight * expected cost / uniform-alpha cost to the arch loss
+    cost: str = "macs"                # macs: nonzero multiply-adds | latency: measured time in the packed runtime
 
 
 @dataclass
@@ -96,6 +97,7 @@ class SearchRunConfig(RunOptions):
             (s.path_sampling in ("all", "proxyless"),
              f"search.path_sampling must be all or proxyless (better: search.method), got {s.path_sampling!r}"),
             (s.cost_weight >= 0, f"search.cost_weight must be >= 0 (0 turns the cost term off), got {s.cost_weight}"),
+            (s.cost in ("macs", "latency"), f"search.cost must be macs or latency, got {s.cost!r}"),
             (m.partial_channels >= 1 and m.init_channels % m.partial_channels == 0,
              f"model.partial_channels must be >= 1 and divide model.init_channels ({m.init_channels}), "
              f"got {m.partial_channels}"),

@@ -31,7 +31,9 @@ from ..sparse import Phase, configure_phase, init_scores, overall_density, set_s
 from ..space import Genotype, Supernet, get_space
 from .architect import Architect
 from .config import SearchRunConfig
+from ..deploy.defaults import DEFAULT_THREADS
 from .cost import CostObjective, edge_op_costs, genotype_cost
+from .latency import LatencyTable, edge_op_latencies
 from .lower import LowerOptimizers
 from .methods import SearchBatch, StepPosition, get_method
 
@@ -106,7 +108,17 @@ class DassSearch(PhasedRun):
     def _costs(self) -> dict[str, torch.Tensor]:
         s = self.config.search
         with self.method.measuring():
+            if s.cost == "latency":   # seconds in the packed runtime on this machine (measured once, cached)
+                return edge_op_latencies(self.model, self.input_shape, s.sparsity, LatencyTable(DEFAULT_THREADS))
             return edge_op_costs(self.model, self.input_shape, s.sparsity, s.mask_scope)
+
+    @property
+    def _cost_unit(self) -> str:
+        return "latency_ms" if self.config.search.cost == "latency" else "macs"
+
+    @property
+    def _cost_scale(self) -> float:
+        return 1e3 if self.config.search.cost == "latency" else 1.0
 
     def set_epoch(self, epoch: int) -> dict[str, float]:
         assert self.lower is not None
@@ -134,7 +146,7 @@ class DassSearch(PhasedRun):
         if self.config.search.eval_val:
             record["val_loss"], record["val_acc"] = evaluate(self.model, self.data.evaluation.batches(0), self.device)
         if self.cost is not None:
-            record["expected_cost_macs"] = float(self.cost.expected())
+            record[f"expected_cost_{self._cost_unit}"] = float(self.cost.expected().detach()) * self._cost_scale
         record["alphas"] = self.model.alpha_softmax()
         record["genotype"] = self.space.derive(self.model).to_dict()
         self.history.append({"phase": spec.name, "epoch": self.position["epoch"] + 1, "alphas": record["alphas"]})
@@ -172,8 +184,10 @@ class DassSearch(PhasedRun):
             "layers": self.config.model.layers,
             "seed": self.config.seed,
             "cost_weight": self.config.search.cost_weight,
-            # nonzero multiply-adds per sample of the chosen ops in the supernet's cells, at the target sparsity
-            "cost_macs": genotype_cost(genotype, self._costs(), list(self.config.model.ops), self.config.model.nodes),
+            # per sample, the chosen ops in the supernet's cells at the target sparsity: nonzero multiply-adds, or
+            # milliseconds in the packed runtime (search.cost=latency)
+            f"cost_{self._cost_unit}": self._cost_scale * genotype_cost(genotype, self._costs(), list(self.config.model.ops),
+                                                                        self.config.model.nodes),
         }
         if records and "val_acc" in records[-1]:
             meta["search_val_acc"] = records[-1]["val_acc"]
