@@ -113,7 +113,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         print(f"run directory: {runner.run_dir.path}", file=sys.stderr)
     result = runner.run()
     if talk:
-        print(result.genotype.to_darts_string())
+        g = result.genotype
+        print(g.to_darts_string() if hasattr(g, "to_darts_string") else g.to_arch_string())
         print(f"genotype: {result.run_dir / 'genotype.json'}", file=sys.stderr)
     return 0
 
@@ -156,10 +157,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from .space import Genotype
+    from .space import NB201Genotype, load_genotype
     from .viz import draw_genotype
 
-    genotype = Genotype.load(args.genotype)
+    genotype = load_genotype(args.genotype)
+    if isinstance(genotype, NB201Genotype):   # one fixed-DAG cell: text only, nothing to draw
+        if args.format == "darts":
+            raise DassError(f"{args.genotype} is an nb201 genotype; use --format nb201 or json")
+        print(genotype.to_json() if args.format == "json" else genotype.describe())
+        return 0
+    if args.format == "nb201":
+        raise DassError(f"{args.genotype} is a DARTS genotype; use --format darts or json")
     if args.format == "json":
         print(genotype.to_json())
     else:
@@ -332,7 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
                    method=None, device=None)
     p = sub.add_parser("show", help="print and draw a genotype (genotype.json, a DARTS string file, or DARTS_V2)")
     p.add_argument("genotype")
-    p.add_argument("--format", choices=("darts", "json"), default="darts")
+    p.add_argument("--format", choices=("darts", "json", "nb201"), default=None,
+                   help="darts (DARTS genotypes' default), nb201 (NB-201's default: the architecture string), json")
     p.add_argument("--png", help="where to draw the cells (default: beside the genotype file)")
     p.set_defaults(func=cmd_show)
     return parser

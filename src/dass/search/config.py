@@ -110,6 +110,8 @@ class SearchRunConfig(RunOptions):
             s.method, s.path_sampling = "proxyless", "all"
         get_method(s.method).check(s)
         get_space(m.space).check(m)
+        if s.cost_weight > 0 and m.space != "darts":
+            raise DassError(f"search.cost_weight > 0 (the cost model) supports the darts space only, not {m.space}")
         if s.mode == "three_phase" and s.epochs.warmup + s.epochs.prune + s.epochs.finetune == 0:
             raise DassError("all phase epochs are 0: nothing to search; set --epochs or search.epochs.*")
         return self

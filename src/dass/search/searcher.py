@@ -184,20 +184,22 @@ class DassSearch(PhasedRun):
             "layers": self.config.model.layers,
             "seed": self.config.seed,
             "cost_weight": self.config.search.cost_weight,
+        }
+        if isinstance(genotype, Genotype):   # the cost models measure DARTS cells
             # per sample, the chosen ops in the supernet's cells at the target sparsity: nonzero multiply-adds, or
             # milliseconds in the packed runtime (search.cost=latency)
-            f"cost_{self._cost_unit}": self._cost_scale * genotype_cost(genotype, self._costs(), list(self.config.model.ops),
-                                                                        self.config.model.nodes),
-        }
+            meta[f"cost_{self._cost_unit}"] = self._cost_scale * genotype_cost(
+                genotype, self._costs(), list(self.config.model.ops), self.config.model.nodes)
         if records and "val_acc" in records[-1]:
             meta["search_val_acc"] = records[-1]["val_acc"]
-        genotype = Genotype(genotype.normal, genotype.normal_concat, genotype.reduce, genotype.reduce_concat, meta)
+        genotype = replace(genotype, meta=meta)   # any space's genotype: a dataclass with ``meta``
         if self.world.main:
             genotype.save(self.run_dir.file("genotype.json"))
             from ..viz import draw_genotype, plot_alpha_history
 
             plot_alpha_history(self.history, list(self.config.model.ops), self.run_dir.file("alphas.png"))
-            draw_genotype(genotype, self.run_dir.file("cells.png"))
+            if isinstance(genotype, Genotype):
+                draw_genotype(genotype, self.run_dir.file("cells.png"))
         return SearchResult(genotype, self.run_dir.path, self.model)
 
 

@@ -1,18 +1,22 @@
 """Search spaces as plug-ins: a space supplies its ops, its supernet, its genotype type and its derivation rule.
 
-The DARTS cell space is the first (``darts``); a space registered with :func:`register_space` becomes
-selectable by name (``model.space``, ``--space``) for both search and final training.
+The DARTS cell space is the first (``darts``), NAS-Bench-201 the second (``nb201``, :mod:`dass.space.nb201`);
+a space registered with :func:`register_space` becomes selectable by name (``model.space``, ``--space``) for
+both search and final training. Genotype files name their space (``"space": "nb201"``; none: DARTS), and
+:func:`load_genotype` reads any of them.
 """
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
 from torch import nn
 
 from ..errors import DassError
 from ..registry import Registry
-from .genotype import Genotype
+from .genotype import KNOWN_GENOTYPES, MAX_FILE_BYTES, Genotype
 from .mixed import MixedOp
 from .network import Network, NetworkConfig
 from .ops import OPS
@@ -79,3 +83,49 @@ available_spaces = SPACES.names
 get_space = SPACES.get
 
 register_space(DartsSpace())
+
+
+def space_of(genotype: Any) -> SearchSpace:
+    """The registered space whose genotype type ``genotype`` is (DARTS for a :class:`Genotype`)."""
+    for name in available_spaces():
+        space = get_space(name)
+        if isinstance(genotype, space.genotype_type) and space.genotype_type is not object:
+            return space
+    raise DassError(f"no registered search space has genotypes of type {type(genotype).__name__}")
+
+
+def declared_space(source: str | Path) -> str:
+    """The space a genotype source belongs to: a JSON file's ``"space"`` field (absent: ``darts``), ``nb201``
+    for an architecture string ``|op~0|+...`` (given directly or as a file's text), else ``darts``."""
+    text = str(source)
+    if text.lstrip().startswith("|"):
+        return "nb201"
+    p = Path(source)
+    if text in KNOWN_GENOTYPES or not p.is_file():
+        return "darts"     # a known name, or a path that the DARTS loader will refuse with its own message
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(MAX_FILE_BYTES + 1).decode("utf-8-sig").lstrip()
+    except (OSError, UnicodeDecodeError):
+        return "darts"
+    if head.startswith("|"):
+        return "nb201"
+    if head.startswith("{"):
+        try:
+            data = json.loads(head)
+        except (ValueError, RecursionError):
+            return "darts"
+        if isinstance(data, dict) and isinstance(data.get("space"), str):
+            return data["space"]
+    return "darts"
+
+
+def load_genotype(source: str | Path) -> Any:
+    """A genotype of any registered space from a genotype.json, a DARTS string file, a known name (DARTS_V2)
+    or an NB-201 architecture string (itself or in a file): dispatched by :func:`declared_space`."""
+    return get_space(declared_space(source)).genotype_type.load(source)
+
+
+from .nb201 import NB201Space  # noqa: E402 - a space module subclasses SearchSpace from this one
+
+register_space(NB201Space())

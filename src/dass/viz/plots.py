@@ -45,8 +45,10 @@ def _save(fig, path: Path) -> None:
 
 def plot_alpha_history(history: Sequence[dict], ops: Sequence[str], path: Path) -> None:
     """Per cell type, the softmax weight of each op averaged over the edges, one point per epoch."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True)
-    for ax, cell in zip(axes, ("normal", "reduce")):
+    cells = list(history[0]["alphas"]) if history else ["normal", "reduce"]   # NB-201: "normal" only
+    fig, axes = plt.subplots(1, len(cells), figsize=(5.5 * len(cells), 3.8), sharey=True, squeeze=False)
+    axes = axes[0]
+    for ax, cell in zip(axes, cells):
         if history:
             weights = np.array([h["alphas"][cell] for h in history])  # epochs x edges x ops
             mean = weights.mean(axis=1)
@@ -59,7 +61,7 @@ def plot_alpha_history(history: Sequence[dict], ops: Sequence[str], path: Path) 
         ax.set_title(f"{cell} cell: mean softmax(alpha) per op")
         ax.set_xlabel("epoch (dotted: phase change)")
     axes[0].set_ylabel("weight")
-    axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    axes[-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     _save(fig, path)
 
 
