@@ -286,7 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a network (genotype or baseline): pretrain, prune, fine-tune")
     _add_common(p)
-    p.add_argument("--model", help="resnet18, mobilenet_v2, vgg16, darts_v1, darts_v2, or genotype")
+    p.add_argument("--model", help="resnet18, mobilenet_v2, vgg16, wrn_28_10 (and 28_4, 28_1, 34_10, 40_2), "
+                                   "efficientnet_v2_s, darts_v1, darts_v2, or genotype")
     p.add_argument("--genotype", help="genotype.json from `dass search` (implies --model genotype)")
     p.add_argument("--size", choices=("tiny", "small", "medium", "large"), help="the paper's network sizes")
     p.add_argument("--pruner", help="hydra (learned scores, default) or gmp (gradual magnitude); dass.train.pruners")

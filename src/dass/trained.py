@@ -12,7 +12,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .data import ImageDataset, Normalization, load_dataset
+from .data import ImageDataset, Normalization
+from .data.setup import load_data
 from .errors import DassError
 from .runtime import RunDir
 from .runtime.config import build, load_yaml
@@ -66,7 +67,7 @@ def load_trained(run_dir: str | Path, device: str | torch.device | None = None) 
             raise ValueError("input shape or normalization out of range")
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise DassError(f"{path} is damaged ({exc}); train the run again or restore the file") from None
-    dataset = load_dataset(config.data.dataset, config.data.data_dir)
+    dataset = load_data(config.data)   # (with the run's folder options: image size, split)
     if tuple(dataset.x_test.shape[1:]) != (shape[1], shape[2], shape[0]):
         raise DassError(f"{path} was trained on images of shape {shape} (C,H,W) but the dataset "
                         f"{config.data.dataset} now has {tuple(dataset.x_test.shape[1:])} (H,W,C)")

@@ -7,7 +7,7 @@ from torch import nn
 
 from dass.sparse import (GlobalMaskGroup, SparseConv2d, SparseLinear, configure_phase, density_report, init_scores,
                          set_sparsity, sparse_layers)
-from dass.sparse.layers import kept_count
+from dass.sparse.layers import get_kept_rule, kept_count, set_kept_rule, using_kept_rule
 
 
 def _random_scores(model: nn.Module, seed: int = 0) -> None:
@@ -136,3 +136,74 @@ def test_bad_keep_ratio_is_rejected():
         SparseLinear(2, 2).keep_ratio = 0.0
     with pytest.raises(ValueError):
         set_sparsity(SparseLinear(2, 2), 1.0)
+
+
+# (n, keep ratio, round rule, authors' rule n - int((1 - k) * n) as in the DASS/HYDRA code's GetSubnet)
+KEPT_CASES = [(72, 0.1, 7, 8), (216, 0.25, 54, 54), (100, 0.37, 37, 37), (1000, 0.0105, 10, 11),
+              (4608, 0.01, 46, 47), (864, 0.05, 43, 44), (10, 0.9, 9, 10),   # (1 - 0.9) * 10 = 0.999...: int 0
+              (3, 0.01, 1, 1), (50, 0.99, 50, 50)]
+
+
+@pytest.mark.parametrize("n, k, by_round, by_authors", KEPT_CASES)
+def test_kept_count_rules(n, k, by_round, by_authors):
+    assert kept_count(n, k, "round") == by_round
+    assert kept_count(n, k, "authors") == by_authors == max(1, n - int((1 - k) * n))
+    assert kept_count(n, k) == by_round  # the default rule
+    with using_kept_rule("authors"):
+        assert kept_count(n, k) == by_authors
+        layer = SparseLinear(n, 1, bias=False)
+        _random_scores(layer)
+        layer.keep_ratio = k
+        assert layer.nonzero_count() == by_authors
+    assert get_kept_rule() == "round"
+    assert layer.nonzero_count() == by_authors  # the count stays with the layer once set
+
+
+def test_authors_rule_keeps_one_more_in_some_layers_and_masks_survive_saving():
+    from dass.sparse.serialize import pack_model, unpack_into
+
+    torch.manual_seed(0)
+    shapes = [(3, 16, 3), (16, 16, 3), (16, 33, 1), (16, 24, 1), (24, 24, 3)]
+
+    def make():
+        return nn.Sequential(*[SparseConv2d(i, o, k) for i, o, k in shapes], nn.Flatten(), SparseLinear(10, 7))
+
+    model = make()
+    _random_scores(model)
+    with using_kept_rule("authors"):
+        set_sparsity(model, 0.9)
+    rows = density_report(model)
+    assert [r.nonzero for r in rows] == [kept_count(r.total, 0.1, "authors") for r in rows]
+    more = [r.nonzero - kept_count(r.total, 0.1, "round") for r in rows]
+    assert set(more) == {0, 1} and sum(more) >= 2
+    # loaded under the default rule, the masks are the same: the rule acted when the sparsity was set
+    masks = {name: layer.mask().clone() for name, layer in sparse_layers(model)}
+    fresh = make()
+    fresh.load_state_dict(model.state_dict())
+    unpacked = make()
+    unpack_into(unpacked, pack_model(model))
+    for copy in (fresh, unpacked):
+        for name, layer in sparse_layers(copy):
+            assert torch.equal(layer.mask(), masks[name]), name
+
+
+def test_global_group_uses_the_rule_it_was_made_under():
+    torch.manual_seed(0)
+    model = nn.Sequential(SparseLinear(50, 40), SparseLinear(40, 30), SparseLinear(30, 12))  # 3,560 weights
+    _random_scores(model)
+    set_sparsity(model, 0.9955, scope="global")       # 0.0045 * 3560 = 16.02: round 16
+    assert sum(r.nonzero for r in density_report(model)) == 16
+    with using_kept_rule("authors"):
+        group = set_sparsity(model, 0.9955, scope="global")  # authors: 3560 - int(3543.98) = 17
+    assert sum(r.nonzero for r in density_report(model)) == 17
+    with torch.no_grad():   # recomputed later, outside the block: still the authors' count
+        model[0].scores.mul_(-1)
+    assert group.kept_rule == "authors" and sum(r.nonzero for r in density_report(model)) == 17
+
+
+def test_unknown_kept_rule_is_rejected():
+    with pytest.raises(ValueError, match="kept-weight rule"):
+        set_kept_rule("ceil")
+    with pytest.raises(ValueError, match="kept-weight rule"):
+        kept_count(10, 0.5, "floor")
+    assert get_kept_rule() == "round"

@@ -90,3 +90,25 @@ def test_training_resumes_after_sigkill(tmp_path):
     b = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)["model"]
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+def test_an_nb201_genotype_trains_with_nesterov_and_the_authors_kept_rule(tmp_path):
+    """Training is space-agnostic: an NB-201 architecture string builds the benchmark's network."""
+    from dass.sparse.layers import set_kept_rule
+
+    arch = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_1x1~1|+|skip_connect~0|nor_conv_3x3~1|avg_pool_3x3~2|"
+    config = make_train_config("train-default", {
+        "data": {"dataset": "digits", "subset": 64}, "threads": 1,
+        "model": {"name": "genotype", "genotype": arch, "init_channels": 4, "layers": 1},
+        "train": {"batch_size": 32, "nesterov": True, "kept_rule": "authors", "sparsity": 0.9,
+                  "epochs": {"pretrain": 1, "prune": 1, "finetune": 1}}})
+    try:
+        run = TrainRun.create(config, str(tmp_path / "run"), progress=False)
+        assert type(run.model).__name__ == "NB201Network"
+        assert run.optimizer is None or run.optimizer.defaults["nesterov"]
+        run.run()
+        model = load_trained(tmp_path / "run").model
+        for row in density_report(model):   # the authors' rule at keep ratio 0.1: n - int(0.9 * n) weights
+            assert row.nonzero == kept_count(row.total, 0.1, rule="authors"), row.name
+    finally:
+        set_kept_rule("round")

@@ -13,7 +13,7 @@ import torch
 
 from .augment import AugmentConfig
 from .config import DataConfig
-from .datasets import load_dataset
+from .datasets import ImageDataset, load_dataset
 from .loader import Normalization, TensorBatches, split_train_val
 
 EVAL_BATCH = 256   # evaluation passes use at least this batch (no gradients: memory is not the limit)
@@ -36,6 +36,11 @@ class RunData:
         return self.input_shape[0]
 
 
+def load_data(d: DataConfig) -> ImageDataset:
+    """The dataset a run's data config names (with the image-folder options), whole: no subset."""
+    return load_dataset(d.dataset, d.data_dir, d.download, image_size=d.image_size, split_fraction=d.split_fraction)
+
+
 def prepare_data(d: DataConfig, batch_size: int, seed: int, search: bool) -> RunData:
     """``search``: the training set split into train / val halves (``d.val_fraction``), normalization fitted on
     the train half; otherwise the whole training set trains and the test set evaluates.
@@ -43,7 +48,7 @@ def prepare_data(d: DataConfig, batch_size: int, seed: int, search: bool) -> Run
     Bad data or settings raise :class:`DassError`: the dataset checks its own arrays (at least 2 training and
     1 test image, matching image sizes, labels 0..K-1), :func:`split_train_val` refuses a split that leaves
     either part empty, and a batch larger than its split is clipped to the split's size."""
-    dataset = load_dataset(d.dataset, d.data_dir, d.download).subset(d.subset)
+    dataset = load_data(d).subset(d.subset)
     aug = AugmentConfig(d.crop_padding, d.flip, d.cutout)
     shape = (dataset.in_channels, *dataset.image_size)
     eval_batch = max(batch_size, EVAL_BATCH)

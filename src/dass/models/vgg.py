@@ -1,4 +1,9 @@
-"""VGG-16 with batch norm for 32x32 inputs, on sparse layers."""
+"""VGG-16 with batch norm for 32x32 inputs, on sparse layers.
+
+As the reference CIFAR model (kuangliu/pytorch-cifar ``models/vgg.py``): each 3x3 convolution has a bias
+(redundant before batch norm, but part of the reference's parameter count; folding for deployment absorbs
+it), five 2x2 max-pools, and one linear classifier on the 512 remaining features.
+"""
 
 from __future__ import annotations
 
@@ -31,7 +36,7 @@ class VGG(nn.Module):
                 layers = []
                 continue
             c = max(1, int(round(item * width)))
-            layers += [SparseConv2d(c_in, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
+            layers += [SparseConv2d(c_in, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
             c_in = c
         if layers:
             self.stages.append(nn.Sequential(*layers))

@@ -9,6 +9,7 @@ from ..runtime.config import check_all, layered, resolve_preset
 from ..runtime.options import RunOptions
 from ..space import PRIMITIVES, get_space
 from ..space.genotype import MAX_NODES
+from ..sparse.layers import KEPT_RULES
 from .methods import get_method
 
 
@@ -37,6 +38,7 @@ class SearchConfig:
     mode: str = "three_phase"         # three_phase | single_loop
     sparsity: float = 0.9             # fraction of weights removed in every sparse layer
     mask_scope: str = "layer"         # layer: top-k per layer | global: one threshold for all layers
+    kept_rule: str = "round"          # round: round(k*n) weights kept | authors: n - int((1-k)*n), as their code
     order: int = 2                    # architecture step: 1 first order, 2 second order (unrolled)
     batch_size: int = 64
     epochs: PhaseEpochs = field(default_factory=PhaseEpochs)
@@ -73,6 +75,7 @@ class SearchRunConfig(RunOptions):
         checks = [
             (s.mode in ("three_phase", "single_loop"), f"search.mode must be three_phase or single_loop, got {s.mode!r}"),
             (s.mask_scope in ("layer", "global"), f"search.mask_scope must be layer or global, got {s.mask_scope!r}"),
+            (s.kept_rule in KEPT_RULES, f"search.kept_rule must be one of {', '.join(KEPT_RULES)}, got {s.kept_rule!r}"),
             (s.order in (1, 2), f"search.order must be 1 or 2, got {s.order}"),
             (s.batch_size >= 1, f"search.batch_size must be at least 1, got {s.batch_size}"),
             (min(s.epochs.warmup, s.epochs.prune, s.epochs.finetune, s.single_loop_epochs) >= 0,

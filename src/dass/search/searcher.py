@@ -28,6 +28,7 @@ from ..params import param_roles
 from ..runner import PhasedRun, PhaseSpec
 from ..runtime import RunDir
 from ..sparse import Phase, configure_phase, init_scores, overall_density, set_sparsity
+from ..sparse.layers import set_kept_rule
 from ..space import Genotype, Supernet, get_space
 from .architect import Architect
 from .config import SearchRunConfig
@@ -67,6 +68,7 @@ class DassSearch(PhasedRun):
     def __init__(self, config: SearchRunConfig, run_dir: RunDir, progress: bool = True):
         super().__init__(config, run_dir, progress)
         s = config.search
+        set_kept_rule(s.kept_rule)
         self.data = prepare_data(config.data, s.batch_size, config.seed, search=True)
         self.input_shape = self.data.input_shape
         self.method = get_method(s.method)(s)

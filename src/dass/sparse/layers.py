@@ -2,8 +2,9 @@
 
 Each layer keeps its dense weight W plus a score tensor S of W's shape. The forward pass uses
 ``W * M`` where M keeps the top ``keep_ratio`` fraction of ``|S|`` (within the layer, or across a
-:class:`GlobalMaskGroup` of layers). The mask is piecewise constant in S, so its gradient is taken
-straight-through: ``dL/dS = sign(S) * W * dL/d(W*M)``. The bias is never masked.
+:class:`GlobalMaskGroup` of layers), the count rounded by the kept-weight rule (:func:`set_kept_rule`).
+The mask is piecewise constant in S, so its gradient is taken straight-through:
+``dL/dS = sign(S) * W * dL/d(W*M)``. The bias is never masked.
 
 Masks are cached and recomputed only when the scores or the keep ratio change (tracked through the
 tensor version counter), so a frozen mask costs one multiply per forward and nothing more.
@@ -12,6 +13,7 @@ tensor version counter), so a frozen mask costs one multiply per forward and not
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from typing import Iterable, Iterator
 
 import torch
@@ -44,9 +46,53 @@ def topk_mask(magnitudes: torch.Tensor, keep: int) -> torch.Tensor:
     return mask.view_as(magnitudes)
 
 
-def kept_count(numel: int, keep_ratio: float) -> int:
-    """Number of weights a layer keeps: round(k * n), at least one, so no layer is cut off entirely."""
-    return max(1, min(numel, int(round(keep_ratio * numel))))
+# How many of a layer's n weights a keep ratio k keeps: "round" keeps round(k * n) (Python's round, half to
+# even); "authors" keeps n - int((1 - k) * n), as the DASS/HYDRA code (``GetSubnet``) does, which is one more
+# whenever k * n has a fractional part below one half (about half of the layers). Both keep at least one weight.
+KEPT_RULES = ("round", "authors")
+_kept_rule = "round"
+
+
+def kept_count(numel: int, keep_ratio: float, rule: str | None = None) -> int:
+    """Number of weights a keep ratio keeps, under ``rule`` (default: the rule in force, :func:`set_kept_rule`);
+    at least one, so no layer is cut off entirely."""
+    rule = _kept_rule if rule is None else rule
+    if rule == "round":
+        kept = int(round(keep_ratio * numel))
+    elif rule == "authors":
+        kept = numel - int((1.0 - keep_ratio) * numel)
+    else:
+        raise ValueError(f"kept-weight rule must be one of {', '.join(KEPT_RULES)}, got {rule!r}")
+    return max(1, min(numel, kept))
+
+
+def get_kept_rule() -> str:
+    return _kept_rule
+
+
+def set_kept_rule(rule: str) -> str:
+    """Make ``rule`` (``round`` | ``authors``) the one sparsities are set with from now on; returns the previous.
+
+    The rule acts when a keep ratio is *assigned* (:func:`~dass.sparse.set_sparsity`, ``layer.keep_ratio = k``,
+    a new :class:`GlobalMaskGroup`): a layer stores the ratio ``kept / n`` of the count the rule gives, and its
+    mask always keeps ``round(stored * n)`` weights, which is that count. So a saved or packed model reproduces
+    its masks whatever rule is in force when it is loaded; only runs that set sparsities need the setting.
+    """
+    global _kept_rule
+    if rule not in KEPT_RULES:
+        raise ValueError(f"kept-weight rule must be one of {', '.join(KEPT_RULES)}, got {rule!r}")
+    previous, _kept_rule = _kept_rule, rule
+    return previous
+
+
+@contextmanager
+def using_kept_rule(rule: str) -> Iterator[None]:
+    """``with using_kept_rule("authors"): ...`` sets sparsities under ``rule``, then restores the previous one."""
+    previous = set_kept_rule(rule)
+    try:
+        yield
+    finally:
+        set_kept_rule(previous)
 
 
 class SparseMixin:
@@ -73,6 +119,9 @@ class SparseMixin:
     def keep_ratio(self, value: float) -> None:
         if not 0.0 < value <= 1.0:
             raise ValueError(f"keep ratio must be in (0, 1], got {value}")
+        if _kept_rule != "round" and value < 1.0:  # store the ratio whose rounded count is the rule's count
+            n = self.weight.numel()
+            value = kept_count(n, value) / n
         self.keep_ratio_buf.fill_(value)
 
     @property
@@ -96,7 +145,8 @@ class SparseMixin:
             return self.group.mask_for(self)
         key = (self.scores._version, id(self.scores), self.keep_ratio, self.scores.dtype, self.scores.device)
         if self._mask_cache is None or self._mask_key != key:
-            self._mask_cache = topk_mask(self.scores.abs(), kept_count(self.scores.numel(), self.keep_ratio))
+            keep = kept_count(self.scores.numel(), self.keep_ratio, "round")  # the stored ratio is exact: see setter
+            self._mask_cache = topk_mask(self.scores.abs(), keep)
             self._mask_key = key
         return self._mask_cache
 
@@ -153,7 +203,8 @@ def sparse_layers(model: nn.Module) -> Iterator[tuple[str, SparseMixin]]:
 
 
 class GlobalMaskGroup:
-    """One magnitude threshold across several layers: keeps exactly round(k * total) weights.
+    """One magnitude threshold across several layers: keeps exactly ``kept_count(total, k)`` weights, under the
+    kept-weight rule in force when the group is made.
 
     Layers with different fan-in have scores on different scales after the scaled-magnitude
     initialisation; this is the point of the sqrt(6/fan_in) factor, which puts them on the
@@ -165,6 +216,7 @@ class GlobalMaskGroup:
         if not self.layers:
             raise ValueError("a global mask group needs at least one sparse layer")
         self.keep_ratio = keep_ratio
+        self.kept_rule = _kept_rule
         self._masks: dict[int, torch.Tensor] = {}
         self._key: tuple | None = None
         for layer in self.layers:
@@ -190,7 +242,7 @@ class GlobalMaskGroup:
     @torch.no_grad()
     def _recompute(self) -> None:
         flat = torch.cat([l.scores.detach().abs().reshape(-1).float() for l in self.layers])
-        keep = kept_count(flat.numel(), self.keep_ratio)
+        keep = kept_count(flat.numel(), self.keep_ratio, self.kept_rule)
         mask = topk_mask(flat, keep)
         self._masks = {}
         start = 0

@@ -8,13 +8,15 @@ from typing import Optional
 from ..errors import DassError
 from ..runtime.config import check_all, layered, resolve_preset
 from ..runtime.options import RunOptions
-from ..space.network import SIZES
+from ..space.genotype import KNOWN_GENOTYPES
+from ..space.network import IMAGENET_SIZE, SIZES, STEMS
+from ..sparse.layers import KEPT_RULES
 from .pruners import available_pruners
 
 
 @dataclass
 class NetConfig:
-    name: str = "darts_v2"            # resnet18 | mobilenet_v2 | vgg16 | darts_v1 | darts_v2 | genotype
+    name: str = "darts_v2"            # a baseline (dass.models.model_names()) | darts_v1 | darts_v2 | genotype
     genotype: Optional[str] = None    # genotype.json for name=genotype (set by --genotype)
     size: Optional[str] = None        # tiny | small | medium | large: the paper's (channels, cells)
     init_channels: int = 36
@@ -22,6 +24,7 @@ class NetConfig:
     width: float = 1.0                # channel multiplier of the hand-designed baselines
     auxiliary: bool = False
     drop_path: float = 0.0
+    stem: str = "cifar"               # cifar | imagenet: DARTS's ImageNet network (cells at 1/8 resolution)
 
 
 @dataclass
@@ -48,11 +51,13 @@ class TrainConfig:
     lr_min: float = 0.0
     batch_size: int = 128
     momentum: float = 0.9
+    nesterov: bool = False            # Nesterov momentum (NAS-Bench-201's protocol)
     weight_decay: float = 4e-4
     label_smoothing: float = 0.0
     aux_weight: float = 0.4
     grad_clip: float = 5.0
     gmp_updates: int = 10             # gmp: number of mask updates spread over the prune phase
+    kept_rule: str = "round"          # weights a layer keeps at keep ratio k: round(k*n) | authors: n - int((1-k)*n)
 
 
 @dataclass
@@ -75,9 +80,12 @@ class TrainRunConfig(RunOptions):
             (0.0 <= t.label_smoothing < 1.0, "train.label_smoothing must be in [0, 1)"),
             (0.0 <= m.drop_path < 1.0, "model.drop_path must be in [0, 1)"),
             (m.size is None or m.size in SIZES, f"model.size must be one of {', '.join(SIZES)}, got {m.size!r}"),
+            (m.stem in STEMS, f"model.stem must be one of {', '.join(STEMS)}, got {m.stem!r}"),
             (m.width > 0 and m.init_channels >= 1 and m.layers >= 1, "model sizes must be positive"),
             (t.gmp_updates >= 1, "train.gmp_updates must be at least 1"),
+            (t.kept_rule in KEPT_RULES, f"train.kept_rule must be one of {', '.join(KEPT_RULES)}, got {t.kept_rule!r}"),
             (0 <= t.momentum < 1, f"train.momentum must be in [0, 1), got {t.momentum}"),
+            (not t.nesterov or t.momentum > 0, "train.nesterov needs train.momentum > 0"),
             (t.weight_decay >= 0 and t.lr_min >= 0, "train.weight_decay and train.lr_min must not be negative"),
             (t.grad_clip > 0, f"train.grad_clip must be positive, got {t.grad_clip}"),
             (t.aux_weight >= 0, f"train.aux_weight must not be negative, got {t.aux_weight}"),
@@ -89,6 +97,14 @@ class TrainRunConfig(RunOptions):
             raise DassError("model genotype needs --genotype FILE (a genotype.json from `dass search`)")
         if m.size:
             m.init_channels, m.layers = SIZES[m.size]
+        if m.stem == "imagenet":
+            cell_models = [name.lower() for name in KNOWN_GENOTYPES] + ["genotype"]
+            if m.name.lower() not in cell_models:
+                raise DassError(f"model.stem=imagenet builds DARTS's ImageNet network from cells: use it with "
+                                f"--model {' / '.join(cell_models)} (or --genotype FILE), not {m.name!r}")
+            if m.init_channels % 2:
+                raise DassError(f"model.stem=imagenet needs an even model.init_channels, got {m.init_channels} "
+                                f"(DARTS's ImageNet network: {IMAGENET_SIZE[0]} channels, {IMAGENET_SIZE[1]} cells)")
         return self
 
 

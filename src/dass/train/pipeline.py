@@ -22,9 +22,9 @@ from ..params import param_roles
 from ..runner import PhasedRun, PhaseSpec
 from ..runtime import RunDir
 from ..runtime.config import to_dict
-from ..space.genotype import Genotype
+from ..space.spaces import load_genotype
 from ..sparse import Phase, configure_phase, overall_density, set_sparsity
-from ..sparse.layers import sparse_layers
+from ..sparse.layers import set_kept_rule, sparse_layers
 from ..sparse.serialize import save_sparse_model
 from .config import TrainRunConfig
 from .pruners import Pruner, get_pruner
@@ -43,10 +43,11 @@ def build_network(config: TrainRunConfig, in_channels: int, num_classes: int, ru
     genotype = None
     if m.genotype:
         local = run_dir / "genotype.json" if run_dir is not None else None
-        genotype = Genotype.load(local if local is not None and local.is_file() else m.genotype)
+        genotype = load_genotype(local if local is not None and local.is_file() else m.genotype)
     name = "genotype" if genotype is not None and m.name in ("darts_v2", "genotype") else m.name
     return build_model(name, num_classes, in_channels, width=m.width, genotype=genotype,
-                       init_channels=m.init_channels, layers=m.layers, auxiliary=m.auxiliary, drop_path=m.drop_path)
+                       init_channels=m.init_channels, layers=m.layers, auxiliary=m.auxiliary, drop_path=m.drop_path,
+                       stem=m.stem)
 
 
 class TrainRun(PhasedRun):
@@ -57,6 +58,7 @@ class TrainRun(PhasedRun):
     def __init__(self, config: TrainRunConfig, run_dir: RunDir, progress: bool = True):
         super().__init__(config, run_dir, progress)
         t = config.train
+        set_kept_rule(t.kept_rule)   # how many weights a keep ratio keeps (round, or the authors' code's rule)
         self.data = prepare_data(config.data, t.batch_size, config.seed, search=False)
         self.input_shape = self.data.input_shape
         torch.manual_seed(config.seed)
@@ -94,7 +96,8 @@ class TrainRun(PhasedRun):
         # HYDRA: while the scores train, so do the parameters outside the sparse layers (batch norm)
         self.params = roles.scores + roles.other if spec.phase is Phase.PRUNE else roles.weights
         lr = getattr(t.lr, spec.name)
-        self.optimizer = torch.optim.SGD(self.params, lr=lr, momentum=t.momentum, weight_decay=t.weight_decay)
+        self.optimizer = torch.optim.SGD(self.params, lr=lr, momentum=t.momentum, weight_decay=t.weight_decay,
+                                         nesterov=t.nesterov)
 
     def set_epoch(self, epoch: int) -> dict[str, float]:
         spec, t = self.plan[self.position["phase"]], self.config.train
