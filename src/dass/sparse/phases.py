@@ -31,12 +31,19 @@ class Phase(str, Enum):
     GRADUAL = "gradual"  # weights train while a pruning schedule moves the mask
 
 
-def set_sparsity(model: nn.Module, sparsity: float, scope: str = "layer") -> GlobalMaskGroup | None:
-    """Run every sparse layer at ``1 - sparsity`` kept weights, per layer or under one global threshold."""
+BUDGETS = ("uniform", "erk")
+
+
+def set_sparsity(model: nn.Module, sparsity: float, scope: str = "layer",
+                 budget: str = "uniform") -> GlobalMaskGroup | None:
+    """Run the sparse layers at ``sparsity`` overall: per layer (each at ``1 - sparsity``, or at its ERK share with
+    ``budget="erk"``) or under one global threshold."""
     if not 0.0 <= sparsity < 1.0:
         raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
     if scope not in ("layer", "global"):
         raise ValueError(f"mask scope must be 'layer' or 'global', got {scope!r}")
+    if budget not in BUDGETS:
+        raise ValueError(f"budget must be one of {', '.join(BUDGETS)}, got {budget!r}")
     layers = [layer for _, layer in sparse_layers(model)]
     for layer in layers:
         if layer.group is not None:
@@ -44,9 +51,30 @@ def set_sparsity(model: nn.Module, sparsity: float, scope: str = "layer") -> Glo
     keep = 1.0 - sparsity
     if scope == "global" and sparsity > 0:
         return GlobalMaskGroup(layers, keep)
-    for layer in layers:
-        layer.keep_ratio = keep
+    ratios = erk_keep_ratios(layers, keep) if budget == "erk" and sparsity > 0 else [keep] * len(layers)
+    for layer, ratio in zip(layers, ratios):
+        layer.keep_ratio = ratio
     return None
+
+
+def erk_keep_ratios(layers: list[SparseMixin], keep: float) -> list[float]:
+    """Erdos-Renyi-Kernel budgets (Evci et al., RigL, 2020): a layer's density is proportional to
+    ``sum(shape) / prod(shape)`` of its weight (out, in per group, kernel h, kernel w), capped at 1, scaled so
+    that the kept weights total ``keep`` of all. Small layers (pointwise and depthwise convs on few channels,
+    1x1 preprocessing, the classifier) keep more than a uniform ratio would leave them: at 90% a uniform
+    budget leaves a 3x3 depthwise conv on 8 channels with 7 weights, most channels with none."""
+    sizes = [layer.weight.numel() for layer in layers]
+    scores = [sum(layer.weight.shape) / layer.weight.numel() for layer in layers]
+    total = keep * sum(sizes)
+    dense: set[int] = set()
+    while True:
+        budget = total - sum(sizes[i] for i in dense)
+        weight = sum(scores[i] * sizes[i] for i in range(len(layers)) if i not in dense)
+        eps = budget / weight if weight > 0 else 0.0
+        capped = {i for i in range(len(layers)) if i not in dense and eps * scores[i] >= 1.0}
+        if not capped:
+            return [1.0 if i in dense else eps * scores[i] for i in range(len(layers))]
+        dense |= capped
 
 
 def init_scores(model: nn.Module) -> None:
