@@ -279,7 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("search", help="run a DASS search and write genotype.json")
     _add_common(p)
     p.add_argument("--order", type=int, choices=(1, 2), help="architecture gradient: 1 first, 2 second order")
-    p.add_argument("--method", help="search method: darts (default) or proxyless (dass.search.methods)")
+    p.add_argument("--method", help="search method: darts (default), proxyless, darts-pt, darts-pt-fixed-alpha, rarts, "
+                                    "sd-darts or sharp-darts (dass.search.methods.available_methods())")
     p.add_argument("--space", help="search space: darts (default; dass.space.available_spaces())")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted search from its run directory")
     p.set_defaults(func=cmd_search)

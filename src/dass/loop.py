@@ -24,6 +24,29 @@ def cosine_lr(base: float, minimum: float, epoch: int, epochs: int) -> float:
     return minimum + 0.5 * (base - minimum) * (1.0 + math.cos(math.pi * epoch / epochs))
 
 
+LR_SCHEDULES = ("cosine", "cosine_power")   # the per-phase schedules (search.lr_schedule, train.lr_schedule)
+
+
+def cosine_power_lr(base: float, minimum: float, epoch: int, epochs: int, power: float) -> float:
+    """sharpDARTS' cosine power annealing (Hundt et al. 2019, ``cnn/cosine_power_annealing.py``), per phase:
+
+        c(t)  = (1 + cos(pi * t)) / 2,            t = epoch / epochs   (1 at the start, 0 at ``epochs``)
+        lr(t) = minimum + (base - minimum) * (power ** c(t) - 1) / (power - 1)
+
+    i.e. the cosine curve raised as an exponent of ``power`` and rescaled to run from ``base`` to ``minimum``
+    (the authors' ``power ** (c + 1)`` shifted by ``power`` and divided by ``power ** 2 - power``). A larger
+    ``power`` drops faster early and flattens late, closer to exponential decay; ``power = 1`` (the limit) is
+    :func:`cosine_lr`. The authors' code samples the curve at epochs 1..E and rescales it by those samples' end
+    points; here it is sampled at ``epoch = 0..epochs-1`` like :func:`cosine_lr`, so epoch 0 gets ``base``."""
+    if power < 1:
+        raise ValueError(f"cosine power annealing needs power >= 1, got {power}")
+    if epochs <= 0:
+        return base
+    c = 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
+    share = c if power == 1 else (power ** c - 1.0) / (power - 1.0)
+    return minimum + (base - minimum) * share
+
+
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr
@@ -99,3 +122,29 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tenso
     model.train(was_training)
     loss, correct, count = world.sum_(totals).tolist()
     return loss / max(count, 1), correct / max(count, 1)
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                          device: torch.device | None, max_batches: int) -> None:
+    """Re-estimate every batch norm's running statistics (a cumulative average over ``max_batches`` batches in
+    training mode) for the model as it is now: after the masks change, the running averages still describe
+    the network before, and an evaluation with them measures a network that no longer exists."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not norms:
+        return
+    saved = [(m, m.momentum) for m in norms]
+    was_training = model.training
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    try:
+        for i, (x, _) in enumerate(batches):
+            if i >= max_batches:
+                break
+            model(x.to(device) if device is not None else x)
+    finally:
+        for m, momentum in saved:
+            m.momentum = momentum
+        model.train(was_training)

@@ -45,7 +45,7 @@ def test_search_reports_the_cost_of_its_genotype(tmp_path):
     run = DassSearch.create(make_config("default", sets=sets), str(tmp_path / "s"), progress=False)
     result = run.run()
     meta = result.genotype.meta
-    costs = edge_op_costs(run.model, run.input_shape, 0.9)
+    costs = edge_op_costs(run.model, run.input_shape, 0.9, budget=run.config.search.budget)
     assert meta["cost_macs"] == genotype_cost(result.genotype, costs, list(run.config.model.ops), 4) > 0
     records = run.run_dir.log_records()
     assert all("expected_cost_macs" in r for r in records)

@@ -15,7 +15,8 @@ def test_tiny_search_on_cifar_subset(cifar_subset, tmp_path):
     config = make_config("default", {
         "data": {"dataset": str(cifar_subset), "subset": 256, "crop_padding": 4, "flip": True},
         "model": {"init_channels": 4, "layers": 3},
-        "search": {"sparsity": 0.8, "batch_size": 32, "order": 1, "epochs": {"warmup": 3, "prune": 2, "finetune": 2}},
+        "search": {"sparsity": 0.8, "batch_size": 32, "order": 1, "epochs": {"warmup": 3, "prune": 2, "finetune": 2},
+                   "budget": "uniform"},   # (every layer at the same keep ratio: checked below)
         "threads": 2,
     })
     runner = DassSearch.create(config, str(tmp_path / "run"), progress=False)
@@ -44,7 +45,8 @@ def test_single_loop_trains_weights_scores_and_alphas(tmp_path):
     config = make_config("default", {
         "data": {"subset": 128},
         "model": {"init_channels": 4, "layers": 3, "nodes": 2, "multiplier": 2},
-        "search": {"mode": "single_loop", "single_loop_epochs": 1, "sparsity": 0.9, "batch_size": 32, "order": 2},
+        "search": {"mode": "single_loop", "single_loop_epochs": 1, "sparsity": 0.9, "batch_size": 32, "order": 2,
+                   "budget": "uniform"},
         "threads": 2,
     })
     runner = DassSearch.create(config, str(tmp_path / "run"), progress=False)

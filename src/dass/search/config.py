@@ -5,12 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..errors import DassError
+from ..loop import LR_SCHEDULES
 from ..runtime.config import check_all, layered, resolve_preset
 from ..runtime.options import RunOptions
 from ..space import PRIMITIVES, get_space
 from ..space.genotype import MAX_NODES
 from ..sparse.layers import KEPT_RULES
+from ..sparse.phases import BUDGETS
 from .methods import get_method
+from .methods.darts_pt import DartsPTConfig
 
 
 @dataclass
@@ -38,6 +41,11 @@ class SearchConfig:
     mode: str = "three_phase"         # three_phase | single_loop
     sparsity: float = 0.9             # fraction of weights removed in every sparse layer
     mask_scope: str = "layer"         # layer: top-k per layer | global: one threshold for all layers
+    budget: str = "uniform"           # per-layer keep ratios: uniform | erk (Erdos-Renyi-Kernel: small layers keep
+                                      # more); mask_scope=global has one threshold instead and ignores it
+    prune_ramp: float = 0.0           # > 0: sparsity ramps 0 -> target (cubic) over this fraction of the prune phase
+    bn_recalibrate: int = 0           # > 0: re-estimate batch-norm statistics on this many training batches before
+                                      # each evaluation (stale running averages misjudge a freshly masked supernet)
     kept_rule: str = "round"          # round: round(k*n) weights kept | authors: n - int((1-k)*n), as their code
     order: int = 2                    # architecture step: 1 first order, 2 second order (unrolled)
     batch_size: int = 64
@@ -61,6 +69,14 @@ class SearchConfig:
     path_sampling: str = "all"        # deprecated: proxyless is search.method=proxyless
     cost_weight: float = 0.0          # > 0: add cost_weight * expected cost / uniform-alpha cost to the arch loss
     cost: str = "macs"                # macs: nonzero multiply-adds | latency: measured time in the packed runtime
+    lr_schedule: str = "cosine"       # lower-level lr per phase: cosine | cosine_power (sharpDARTS, dass.loop)
+    lr_power: float = 2.0             # cosine_power: the power (>= 1; 1 is cosine; sharpDARTS' scripts use 2)
+    rarts_lambda: float = 1.0         # rarts: weight of the training-split loss in the architecture gradient
+    rarts_beta: float = 1.0           # rarts: coupling (beta/2)||w - y||^2 of the train and val networks; 0 decouples
+    sd_lambda: float = 1.0            # sd-darts: weight of the distillation term (0: plain darts)
+    sd_teachers: int = 2              # sd-darts: how many earlier-step supernets vote (K)
+    sd_temperature: float = 1.0       # sd-darts: softmax temperature of the distillation term
+    darts_pt: DartsPTConfig = field(default_factory=DartsPTConfig)   # darts-pt selection options
 
 
 @dataclass
@@ -75,6 +91,10 @@ class SearchRunConfig(RunOptions):
         checks = [
             (s.mode in ("three_phase", "single_loop"), f"search.mode must be three_phase or single_loop, got {s.mode!r}"),
             (s.mask_scope in ("layer", "global"), f"search.mask_scope must be layer or global, got {s.mask_scope!r}"),
+            (s.budget in BUDGETS, f"search.budget must be one of {', '.join(BUDGETS)}, got {s.budget!r}"),
+            (0.0 <= s.prune_ramp <= 1.0, f"search.prune_ramp must be in [0, 1] (a fraction of the prune phase), got "
+                                         f"{s.prune_ramp}"),
+            (s.bn_recalibrate >= 0, f"search.bn_recalibrate must not be negative, got {s.bn_recalibrate}"),
             (s.kept_rule in KEPT_RULES, f"search.kept_rule must be one of {', '.join(KEPT_RULES)}, got {s.kept_rule!r}"),
             (s.order in (1, 2), f"search.order must be 1 or 2, got {s.order}"),
             (s.batch_size >= 1, f"search.batch_size must be at least 1, got {s.batch_size}"),
@@ -101,6 +121,9 @@ class SearchRunConfig(RunOptions):
              f"search.path_sampling must be all or proxyless (better: search.method), got {s.path_sampling!r}"),
             (s.cost_weight >= 0, f"search.cost_weight must be >= 0 (0 turns the cost term off), got {s.cost_weight}"),
             (s.cost in ("macs", "latency"), f"search.cost must be macs or latency, got {s.cost!r}"),
+            (s.lr_schedule in LR_SCHEDULES,
+             f"search.lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {s.lr_schedule!r}"),
+            (s.lr_power >= 1, f"search.lr_power must be at least 1 (1 is cosine), got {s.lr_power}"),
             (m.partial_channels >= 1 and m.init_channels % m.partial_channels == 0,
              f"model.partial_channels must be >= 1 and divide model.init_channels ({m.init_channels}), "
              f"got {m.partial_channels}"),

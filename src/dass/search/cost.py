@@ -20,15 +20,20 @@ from torch import nn
 from ..metrics.counting import forward_with_hooks
 from ..space import Genotype
 from ..space.supernet import Supernet
-from ..sparse.layers import SPARSE_TYPES, kept_count
+from ..sparse.layers import SPARSE_TYPES, kept_count, sparse_layers
+from ..sparse.phases import erk_keep_ratios
 
 _EDGE_OP = re.compile(r"^cells\.(\d+)\.edges\.(\d+)\.ops\.(\d+)\.")
 
 
 @torch.no_grad()
 def edge_op_costs(model: Supernet, input_shape: tuple[int, int, int], sparsity: float,
-                  scope: str = "layer") -> dict[str, torch.Tensor]:
-    """Nonzero multiply-adds per sample of each (edge, op), summed over the cells of each kind."""
+                  scope: str = "layer", budget: str = "uniform") -> dict[str, torch.Tensor]:
+    """Nonzero multiply-adds per sample of each (edge, op), summed over the cells of each kind (per-layer budgets:
+    uniform, or ERK's share of each layer)."""
+    layers = [layer for _, layer in sparse_layers(model)]
+    keep = dict(zip(map(id, layers), erk_keep_ratios(layers, 1.0 - sparsity) if budget == "erk"
+                    else [1.0 - sparsity] * len(layers)))
     k, n = model.alphas_normal.shape
     costs = {"normal": torch.zeros(k, n, dtype=torch.float64), "reduce": torch.zeros(k, n, dtype=torch.float64)}
     kinds = {i: "reduce" if cell.reduction else "normal" for i, cell in enumerate(model.cells)}
@@ -41,7 +46,7 @@ def edge_op_costs(model: Supernet, input_shape: tuple[int, int, int], sparsity: 
 
         def hook(mod: nn.Module, inputs, output, key=(kinds[cell], edge, op)) -> None:
             positions = output[0, 0].numel() if output.dim() == 4 else 1
-            nonzero = kept_count(mod.weight.numel(), 1.0 - sparsity) if scope == "layer" else mod.nonzero_count()
+            nonzero = kept_count(mod.weight.numel(), keep[id(mod)]) if scope == "layer" else mod.nonzero_count()
             costs[key[0]][key[1], key[2]] += positions * nonzero   # each kept weight: one MAC per position
 
         hooks[module] = hook

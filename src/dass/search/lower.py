@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from ..loop import cosine_lr, set_lr
+from ..errors import DassError
+from ..loop import LR_SCHEDULES, cosine_lr, cosine_power_lr, set_lr
 from ..params import param_roles
 from ..runner import PhaseSpec
 from ..sparse import Phase
@@ -36,11 +37,20 @@ class LowerOptimizers:
             opt = torch.optim.SGD(params, lr=s.score_lr, momentum=s.score_momentum, weight_decay=s.score_weight_decay)
             self.groups["scores"] = (params, opt, s.score_lr, s.score_lr_min)
         self.epochs = plan.epochs
+        if s.lr_schedule not in LR_SCHEDULES or s.lr_power < 1:
+            raise DassError(f"search.lr_schedule must be one of {', '.join(LR_SCHEDULES)} and search.lr_power >= 1, "
+                            f"got {s.lr_schedule!r} and {s.lr_power}")
+        self.schedule, self.power = s.lr_schedule, s.lr_power
 
     def set_epoch(self, epoch: int) -> dict[str, float]:
+        """Each group's learning rate for ``epoch`` of the phase: ``search.lr_schedule`` from its base to its
+        minimum (cosine, or sharpDARTS' cosine power annealing with ``search.lr_power``)."""
         lrs = {}
         for name, (_, opt, base, minimum) in self.groups.items():
-            lrs[name] = cosine_lr(base, minimum, epoch, self.epochs)
+            if self.schedule == "cosine_power":
+                lrs[name] = cosine_power_lr(base, minimum, epoch, self.epochs, self.power)
+            else:
+                lrs[name] = cosine_lr(base, minimum, epoch, self.epochs)
             set_lr(opt, lrs[name])
         return lrs
 

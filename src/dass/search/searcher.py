@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from ..data import prepare_data
-from ..loop import evaluate
+from ..loop import evaluate, recalibrate_batchnorm
 from ..params import param_roles
 from ..runner import PhasedRun, PhaseSpec
 from ..runtime import RunDir
@@ -36,7 +36,7 @@ from ..deploy.defaults import DEFAULT_THREADS
 from .cost import CostObjective, edge_op_costs, genotype_cost
 from .latency import LatencyTable, edge_op_latencies
 from .lower import LowerOptimizers
-from .methods import SearchBatch, StepPosition, get_method
+from .methods import EpochEnd, MethodPhase, SearchBatch, StepPosition, get_method
 
 log = logging.getLogger(__name__)
 PhasePlan = PhaseSpec  # a search's phases are the shared run phases
@@ -81,7 +81,7 @@ class DassSearch(PhasedRun):
                                                weight_decay=s.arch_weight_decay)
         self.architect = Architect(self.model, arch, self.arch_optimizer, s.order, s.unrolled_eps)
         self.method.attach(self.model, self.architect, self.space)
-        self.plan = phase_plan(config)
+        self.plan = self.method.plan(phase_plan(config))   # a method may add phases (DARTS-PT's selection)
         self.lower: LowerOptimizers | None = None
         self.cost: CostObjective | None = None
 
@@ -95,13 +95,18 @@ class DassSearch(PhasedRun):
         plan = self.plan[index]
         s = self.config.search
         if plan.sparse:
-            set_sparsity(self.model, s.sparsity, s.mask_scope)
+            set_sparsity(self.model, self._ramped(s.sparsity) if plan.phase is Phase.PRUNE else s.sparsity,
+                         s.mask_scope, s.budget)
             if fresh and plan.phase in (Phase.PRUNE, Phase.JOINT):
                 init_scores(self.model)
         else:
             set_sparsity(self.model, 0.0)
         configure_phase(self.model, plan.phase)
-        self.lower = LowerOptimizers(self.model, plan, s)
+        lower = s
+        if isinstance(plan, MethodPhase) and plan.weight_lr_scale != 1.0:
+            lr = s.weight_lr * plan.weight_lr_scale
+            lower = replace(s, weight_lr=lr, weight_lr_min=min(s.weight_lr_min, lr))
+        self.lower = LowerOptimizers(self.model, plan, lower)
         self.method.enter_phase()
         if s.cost_weight > 0:   # costs at the target sparsity (under a global threshold: the current masks)
             self.cost = CostObjective(self.model, self._costs(), s.cost_weight)
@@ -112,7 +117,7 @@ class DassSearch(PhasedRun):
         with self.method.measuring():
             if s.cost == "latency":   # seconds in the packed runtime on this machine (measured once, cached)
                 return edge_op_latencies(self.model, self.input_shape, s.sparsity, LatencyTable(DEFAULT_THREADS))
-            return edge_op_costs(self.model, self.input_shape, s.sparsity, s.mask_scope)
+            return edge_op_costs(self.model, self.input_shape, s.sparsity, s.mask_scope, s.budget)
 
     @property
     def _cost_unit(self) -> str:
@@ -130,14 +135,30 @@ class DassSearch(PhasedRun):
         assert self.data.val is not None
         return zip(self.data.train.batches(epoch_key, start), self.data.val.batches(epoch_key, start))
 
+    def _ramped(self, target: float) -> float:
+        """The prune phase's sparsity now: a cubic ramp from 0 to ``target`` over ``search.prune_ramp`` of the
+        phase (Zhu & Gupta's schedule), so the scores learn while the mask tightens; the target without a ramp."""
+        ramp = self.config.search.prune_ramp
+        if ramp <= 0:
+            return target
+        total = ramp * self.plan[self.position["phase"]].epochs * self.steps_per_epoch
+        done = self.position["epoch"] * self.steps_per_epoch + self.position["step"]
+        return target * (1.0 - (1.0 - min(done / max(total, 1.0), 1.0)) ** 3)
+
     def train_step(self, batch) -> None:
         (x_t, y_t), (x_v, y_v) = batch
         assert self.lower is not None
         p = self.position
+        s = self.config.search
+        if s.prune_ramp > 0 and self.plan[p["phase"]].phase is Phase.PRUNE:
+            set_sparsity(self.model, self._ramped(s.sparsity), s.mask_scope, s.budget)
         position = StepPosition(self.config.seed, p["phase"], p["epoch"], p["step"])
         self.accumulate(**self.method.step(SearchBatch(x_t, y_t, x_v, y_v), self.lower, position))
 
     def epoch_record(self, spec: PhaseSpec, lrs: dict[str, float]) -> dict:
+        # the method acts first (DARTS-PT decides an edge here), so the record shows the state after it
+        extra = self.method.end_epoch(EpochEnd(spec.name, self.position["epoch"], self.config.seed,
+                                               lambda: self.data.evaluation.batches(0), self.device))
         record = {
             "train_loss": self.mean("train_loss"),
             "train_acc": self.mean("train_correct", "train_count"),
@@ -146,26 +167,35 @@ class DassSearch(PhasedRun):
             "density": overall_density(self.model),
         }
         if self.config.search.eval_val:
+            if self.config.search.bn_recalibrate:   # running averages of the model as it is now, not as it was
+                recalibrate_batchnorm(self.model, self.data.train.batches(self.epoch_key()), self.device,
+                                      self.config.search.bn_recalibrate)
             record["val_loss"], record["val_acc"] = evaluate(self.model, self.data.evaluation.batches(0), self.device)
         if self.cost is not None:
             record[f"expected_cost_{self._cost_unit}"] = float(self.cost.expected().detach()) * self._cost_scale
         record["alphas"] = self.model.alpha_softmax()
-        record["genotype"] = self.space.derive(self.model).to_dict()
+        record["genotype"] = self.method.derive().to_dict()
+        record.update(extra)
         self.history.append({"phase": spec.name, "epoch": self.position["epoch"] + 1, "alphas": record["alphas"]})
         log.info("%s epoch %d/%d train_loss %.4f val_acc %s", spec.name, self.position["epoch"] + 1, spec.epochs,
                  record["train_loss"], record.get("val_acc"))
         return record
 
     def extra_state(self) -> dict:
-        return {
+        state = {
             "model": self.model.state_dict(),
             "arch_optimizer": self.arch_optimizer.state_dict(),
             "lower_optimizers": self.lower.state_dict() if self.lower else {},
         }
+        method = self.method.state_dict()
+        if method:   # only methods with a state of their own add it (the others' checkpoints are as they were)
+            state["method"] = method
+        return state
 
     def load_extra_state(self, state: dict, lower_phase: int) -> None:
         self.model.load_state_dict(state["model"])
         self.arch_optimizer.load_state_dict(state["arch_optimizer"])
+        self.method.load_state_dict(state.get("method", {}))
 
     def load_optimizer_state(self, state: dict) -> None:
         assert self.lower is not None

@@ -69,6 +69,21 @@ class SepConv(nn.Sequential):
         )
 
 
+class SharpSepConv(nn.Sequential):
+    """sharpDARTS' SharpSepConv (Hundt et al. 2019, ``cnn/operations.py``): two depthwise-separable blocks, only
+    the first strided and dilated, through ``c_mid`` middle channels (``c`` when not given). Every SharpSepConv
+    op has the same depth, unlike DARTS' one-block ``dil_conv``. With ``c_mid = c`` and no dilation it is
+    DARTS' :class:`SepConv`."""
+
+    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, padding: int, dilation: int = 1,
+                 affine: bool = True, c_mid: int | None = None):
+        c_mid = c_out if c_mid is None else c_mid
+        super().__init__(
+            DilConv(c_in, c_mid, kernel, stride, padding, dilation, affine),
+            DilConv(c_mid, c_out, kernel, 1, (kernel - 1) // 2, 1, affine),
+        )
+
+
 class Zero(nn.Module):
     def __init__(self, stride: int):
         super().__init__()
@@ -119,7 +134,32 @@ OPS: dict[str, OpFactory] = {
     "dil_conv_3x3": lambda c, stride, affine: DilConv(c, c, 3, stride, 2, 2, affine),
     "dil_conv_5x5": lambda c, stride, affine: DilConv(c, c, 5, stride, 4, 2, affine),
     "conv_3x3": lambda c, stride, affine: ReLUConvBN(c, c, 3, stride, 1, affine),
+    # sharpDARTS' ops (their names there: dil_conv_*, flood_*, choke_*; sep_conv_* there is our sep_conv_*)
+    "sharp_dil_conv_3x3": lambda c, stride, affine: SharpSepConv(c, c, 3, stride, 2, 2, affine),
+    "sharp_dil_conv_5x5": lambda c, stride, affine: SharpSepConv(c, c, 5, stride, 4, 2, affine),
+    "flood_conv_3x3": lambda c, stride, affine: SharpSepConv(c, c, 3, stride, 1, 1, affine, c_mid=4 * c),
+    "flood_conv_5x5": lambda c, stride, affine: SharpSepConv(c, c, 5, stride, 2, 1, affine, c_mid=4 * c),
+    "dil_flood_conv_3x3": lambda c, stride, affine: SharpSepConv(c, c, 3, stride, 2, 2, affine, c_mid=4 * c),
+    "choke_conv_3x3": lambda c, stride, affine: SharpSepConv(c, c, 3, stride, 1, 1, affine, c_mid=32),
+    "dil_choke_conv_3x3": lambda c, stride, affine: SharpSepConv(c, c, 3, stride, 2, 2, affine, c_mid=32),
 }
+
+# sharpDARTS' op set on the DARTS skeleton (their SHARPER_PRIMITIVES, renamed where a DARTS name means another op):
+# --set "model.ops=[none, max_pool_3x3, ...]" with these names, for any search method.
+SHARP_PRIMITIVES: tuple[str, ...] = (
+    "none",
+    "max_pool_3x3",
+    "avg_pool_3x3",
+    "skip_connect",
+    "sep_conv_3x3",
+    "sep_conv_5x5",
+    "sep_conv_7x7",
+    "sharp_dil_conv_3x3",
+    "sharp_dil_conv_5x5",
+    "flood_conv_3x3",
+    "flood_conv_5x5",
+    "dil_flood_conv_3x3",
+)
 
 
 def build_op(name: str, channels: int, stride: int, affine: bool) -> nn.Module:

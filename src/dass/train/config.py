@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from ..errors import DassError
+from ..loop import LR_SCHEDULES
 from ..runtime.config import check_all, layered, resolve_preset
 from ..runtime.options import RunOptions
 from ..space.genotype import KNOWN_GENOTYPES
@@ -49,6 +50,8 @@ class TrainConfig:
     epochs: TrainEpochs = field(default_factory=TrainEpochs)
     lr: PhaseLR = field(default_factory=PhaseLR)
     lr_min: float = 0.0
+    lr_schedule: str = "cosine"       # per phase: cosine | cosine_power (sharpDARTS' cosine power annealing)
+    lr_power: float = 2.0             # cosine_power: the power (>= 1; 1 is cosine; sharpDARTS' scripts use 2)
     batch_size: int = 128
     momentum: float = 0.9
     nesterov: bool = False            # Nesterov momentum (NAS-Bench-201's protocol)
@@ -87,6 +90,9 @@ class TrainRunConfig(RunOptions):
             (0 <= t.momentum < 1, f"train.momentum must be in [0, 1), got {t.momentum}"),
             (not t.nesterov or t.momentum > 0, "train.nesterov needs train.momentum > 0"),
             (t.weight_decay >= 0 and t.lr_min >= 0, "train.weight_decay and train.lr_min must not be negative"),
+            (t.lr_schedule in LR_SCHEDULES,
+             f"train.lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {t.lr_schedule!r}"),
+            (t.lr_power >= 1, f"train.lr_power must be at least 1 (1 is cosine), got {t.lr_power}"),
             (t.grad_clip > 0, f"train.grad_clip must be positive, got {t.grad_clip}"),
             (t.aux_weight >= 0, f"train.aux_weight must not be negative, got {t.aux_weight}"),
             (self.data.subset is None or self.data.subset >= 2, "--subset must be at least 2 images"),

@@ -16,7 +16,7 @@ from torch import nn
 
 from ..data import prepare_data
 from ..distributed.sync_bn import use_sync_batch_norm
-from ..loop import cosine_lr, evaluate, set_lr, sgd_step
+from ..loop import cosine_lr, cosine_power_lr, evaluate, set_lr, sgd_step
 from ..models import build_model
 from ..params import param_roles
 from ..runner import PhasedRun, PhaseSpec
@@ -101,7 +101,11 @@ class TrainRun(PhasedRun):
 
     def set_epoch(self, epoch: int) -> dict[str, float]:
         spec, t = self.plan[self.position["phase"]], self.config.train
-        lr = cosine_lr(getattr(t.lr, spec.name), t.lr_min, epoch, spec.epochs)
+        base = getattr(t.lr, spec.name)
+        if t.lr_schedule == "cosine_power":
+            lr = cosine_power_lr(base, t.lr_min, epoch, spec.epochs, t.lr_power)
+        else:
+            lr = cosine_lr(base, t.lr_min, epoch, spec.epochs)
         assert self.optimizer is not None
         set_lr(self.optimizer, lr)
         if hasattr(self.model, "drop_path_prob"):
