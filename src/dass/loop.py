@@ -140,9 +140,11 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable[tuple[torch.Tensor
         m.momentum = None
     model.train()
     try:
+        world = current_world()
         for i, (x, _) in enumerate(batches):
             if i >= max_batches:
                 break
+            x = world.shard(x)   # (a data-parallel run: each rank its share, batch norm syncs the statistics)
             model(x.to(device) if device is not None else x)
     finally:
         for m, momentum in saved:

@@ -15,7 +15,10 @@ from tests_helpers import ROOT, run_cli
 # so one process and two ranks agree to float rounding (at 90%+ layers left with one or two weights amplify
 # rounding differences through batch norm, as any change of summation order does, e.g. the thread count).
 TINY = ["--dataset", "digits", "--subset", "128", "--init-channels", "4", "--layers", "3", "--batch-size", "32",
-        "--set", "model.nodes=2", "--set", "model.multiplier=2", "--epochs", "1", "--sparsity", "0.5", "--quiet"]
+        "--set", "model.nodes=2", "--set", "model.multiplier=2", "--epochs", "1", "--sparsity", "0.5", "--quiet",
+        # batch-norm recalibration re-estimates running statistics from weights that differ by rounding: compared
+        # on its own (bitwise across ranks) in test_recalibration_keeps_ranks_identical
+        "--set", "search.bn_recalibrate=0"]
 # Second order: the finite-difference Hessian-vector product divides rounding differences by 2r, and Adam turns
 # alpha-gradient components near zero into steps of about +-arch_lr (3e-4) whatever their size, so rounding can flip
 # a few such steps: agreement is within a few Adam steps, not to float precision as in first order.
@@ -114,6 +117,19 @@ def test_training_under_torchrun(tmp_path):
                     "--out", str(tmp_path / "run"), env={"_DASS_TEST_DUMP_STATE": str(dumps)})
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("test top-1") == 1 and (tmp_path / "run" / "model_sparse.pt").is_file()
+    rank0, rank1 = _states(dumps, 0), _states(dumps, 1)
+    assert len(rank0) == 3
+    for key in rank0:
+        assert all(torch.equal(v, rank1[key][n]) for n, v in rank0[key].items()), key
+
+
+def test_recalibration_keeps_ranks_identical(tmp_path):
+    dumps = tmp_path / "dumps"
+    dumps.mkdir()
+    args = [a if a != "search.bn_recalibrate=0" else "search.bn_recalibrate=3" for a in TINY]
+    done = torchrun("search", *args, "--order", "1", "--out", str(tmp_path / "run"),
+                    env={"_DASS_TEST_DUMP_STATE": str(dumps)})
+    assert done.returncode == 0, done.stderr[-3000:]
     rank0, rank1 = _states(dumps, 0), _states(dumps, 1)
     assert len(rank0) == 3
     for key in rank0:
