@@ -272,6 +272,14 @@ def cmd_profile_ops(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_nb201_lookup(args: argparse.Namespace) -> int:
+    from .benchmarks import lookup
+
+    for name, value in lookup(args.arch, args.table).items():
+        print(f"{name}: {value:g}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dass", description="Differentiable architecture search for sparse networks")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -340,6 +348,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="threads of the packed runtime")
     p.set_defaults(func=cmd_profile_ops, epochs=None, batch_size=None, seed=None, subset=None, order=None,
                    method=None, device=None)
+    p = sub.add_parser("nb201", help="NAS-Bench-201 tools: `dass nb201 lookup ARCH --table FILE`")
+    nb201 = p.add_subparsers(dest="nb201_command", required=True)
+    q = nb201.add_parser("lookup", help="the recorded accuracies of an architecture, from a benchmark table you have")
+    q.add_argument("arch", help="an architecture string |op~0|+|op~0|op~1|+|op~0|op~1|op~2| (any input order)")
+    q.add_argument("--table", required=True, help="a CSV with an arch_str column, or the benchmark's file (needs its "
+                                                  "API package)")
+    q.set_defaults(func=cmd_nb201_lookup)
     p = sub.add_parser("show", help="print and draw a genotype (genotype.json, a DARTS string file, or DARTS_V2)")
     p.add_argument("genotype")
     p.add_argument("--format", choices=("darts", "json", "nb201"), default=None,
