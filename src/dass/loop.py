@@ -80,15 +80,22 @@ def sgd_step(model: nn.Module, params: Sequence[nn.Parameter], optimizer: torch.
 
     Returns the batch loss and the number of correct predictions.
     """
-    precision = current_precision()
-    with precision.autocast():
+    with current_precision().autocast():
         loss, logits = classification_loss(model(x), y, label_smoothing, aux_weight)
-    result = float(loss.detach()), int((logits.argmax(1) == y).sum())
+    apply_gradients(loss, params, optimizer, grad_clip)
+    return float(loss.detach()), int((logits.argmax(1) == y).sum())
+
+
+def apply_gradients(loss: torch.Tensor, params: Sequence[nn.Parameter], optimizer: torch.optim.Optimizer,
+                    grad_clip: float | None) -> bool:
+    """One optimizer step on ``d loss / d params`` (rank-averaged, clipped); under fp16 a step whose gradients
+    overflow is skipped and halves the loss scale. Returns whether the step was taken."""
+    precision = current_precision()
     try:
         grads = gradients(loss, params)
     except GradientOverflow:
         precision.update(False)
-        return result
+        return False
     for p, g in zip(params, grads):
         p.grad = g
     if grad_clip:
@@ -96,7 +103,7 @@ def sgd_step(model: nn.Module, params: Sequence[nn.Parameter], optimizer: torch.
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     precision.update(True)
-    return result
+    return True
 
 
 @torch.no_grad()
@@ -107,11 +114,22 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tenso
     In a data-parallel run each rank evaluates its part of every batch and the totals are summed."""
     was_training = model.training
     model.eval()
+    try:
+        return mean_loss_and_accuracy(model, batches, device)
+    finally:
+        model.train(was_training)
+
+
+@torch.no_grad()
+def mean_loss_and_accuracy(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                           device: torch.device | None = None, min_batch: int = 1) -> tuple[float, float]:
+    """Mean cross-entropy and top-1 accuracy in the model's current mode (batches smaller than ``min_batch``
+    skipped); in a data-parallel run each rank takes its part of every batch and the totals are summed."""
     world = current_world()
     totals = torch.zeros(3, dtype=torch.float64)   # loss, correct, count
     for x, y in batches:
         x, y = world.part(x), world.part(y)
-        if len(y) == 0:
+        if len(y) < min_batch:
             continue
         if device is not None:
             x, y = x.to(device), y.to(device)
@@ -119,7 +137,6 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tenso
             logits = model(x).float()
         totals += torch.tensor([float(F.cross_entropy(logits, y, reduction="sum")),
                                 int((logits.argmax(1) == y).sum()), len(y)], dtype=torch.float64)
-    model.train(was_training)
     loss, correct, count = world.sum_(totals).tolist()
     return loss / max(count, 1), correct / max(count, 1)
 

@@ -34,14 +34,12 @@ from itertools import islice
 from typing import Callable, ContextManager, Iterable, Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ...data import stream_generator
-from ...distributed import current_world
 from ...errors import DassError
+from ...loop import mean_loss_and_accuracy
 from ...runner import PhaseSpec
-from ...runtime.precision import current_precision
 from ...space import Genotype, NB201Genotype, NB201Supernet, Supernet, num_edges
 from ...space.mixed import MixedOp
 from ...space.nb201 import edge_name as nb201_edge_name
@@ -147,24 +145,12 @@ def removal_accuracy(model: nn.Module, batches: Iterable[tuple[torch.Tensor, tor
     (batch norm cannot normalise them). In a data-parallel run each rank takes its part and the totals are summed."""
     was_training = model.training
     model.train()
-    world = current_world()
-    totals = torch.zeros(3, dtype=torch.float64)   # loss, correct, count
     try:
         with preserved_buffers(model):
-            for x, y in batches:
-                x, y = world.part(x), world.part(y)
-                if len(y) < 2:
-                    continue
-                if device is not None:
-                    x, y = x.to(device), y.to(device)
-                with current_precision().autocast():
-                    logits = model(x).float()
-                totals += torch.tensor([float(F.cross_entropy(logits, y, reduction="sum")),
-                                        int((logits.argmax(1) == y).sum()), len(y)], dtype=torch.float64)
+            loss, accuracy = mean_loss_and_accuracy(model, batches, device, min_batch=2)
     finally:
         model.train(was_training)
-    loss, correct, count = world.sum_(totals).tolist()
-    return correct / max(count, 1), loss / max(count, 1)
+    return accuracy, loss
 
 
 def _hurts_most(results: dict[int, tuple[float, float]]) -> list[int]:

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...errors import DassError
-from ...loop import GradientOverflow, classification_loss, gradients
+from ...loop import apply_gradients, classification_loss
 from ...runtime.precision import current_precision
 from ..architect import preserved_buffers
 from ..lower import LowerOptimizers
@@ -117,22 +117,9 @@ class SdDarts(Darts):
     def _distill_step(self, params: Sequence[nn.Parameter], opt: torch.optim.Optimizer, batch: SearchBatch,
                       teacher: torch.Tensor) -> tuple[float, int]:
         """:func:`dass.loop.sgd_step` with the distillation term added to the loss."""
-        precision = current_precision()
         total, ce, logits = self.weight_loss(batch.x_train, batch.y_train, teacher)
-        result = float(ce.detach()), int((logits.argmax(1) == batch.y_train).sum())
-        try:
-            grads = gradients(total, params)
-        except GradientOverflow:
-            precision.update(False)
-            return result
-        for p, g in zip(params, grads):
-            p.grad = g
-        if self.config.grad_clip:
-            nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], self.config.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        precision.update(True)
-        return result
+        apply_gradients(total, params, opt, self.config.grad_clip)
+        return float(ce.detach()), int((logits.argmax(1) == batch.y_train).sum())
 
     # -- checkpoint -------------------------------------------------------------------------------
     def state_dict(self) -> dict:
