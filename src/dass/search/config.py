@@ -135,7 +135,10 @@ class SearchRunConfig(RunOptions):
                 raise DassError(f"search.path_sampling=proxyless conflicts with search.method={s.method}")
             s.method, s.path_sampling = "proxyless", "all"
         get_method(s.method).check(s)
-        get_space(m.space).check(m)
+        space = get_space(m.space)
+        if m.space != "darts" and list(m.ops) == list(PRIMITIVES):   # --space nb201 alone: that space's own ops
+            m.ops = list(space.default_ops)
+        space.check(m)
         if s.cost_weight > 0 and m.space != "darts":
             raise DassError(f"search.cost_weight > 0 (the cost model) supports the darts space only, not {m.space}")
         if s.mode == "three_phase" and s.epochs.warmup + s.epochs.prune + s.epochs.finetune == 0:

@@ -378,6 +378,7 @@ class NB201Space(SearchSpace):
     name = "nb201"
     genotype_type = NB201Genotype
     known_ops = NB201_OPS
+    default_ops = NB201_OPS
 
     def check(self, options: Any) -> None:
         ops = list(options.ops)
@@ -388,7 +389,7 @@ class NB201Space(SearchSpace):
         unknown = [op for op in ops if op not in NB201_OPS]
         if unknown or not ops:
             raise DassError(f"model.ops {unknown or '[]'} are not nb201 ops; the nb201 space's ops are "
-                            f"{', '.join(NB201_OPS)} (the DARTS default does not apply: {set_ops})")
+                            f"{', '.join(NB201_OPS)} (for example {set_ops})")
         if len(set(ops)) != len(ops):
             raise DassError(f"model.ops lists an op twice: {ops}")
         if all(op == "none" for op in ops):

@@ -19,7 +19,7 @@ from ..registry import Registry
 from .genotype import KNOWN_GENOTYPES, MAX_FILE_BYTES, Genotype
 from .mixed import MixedOp
 from .network import Network, NetworkConfig
-from .ops import OPS
+from .ops import OPS, PRIMITIVES
 from .supernet import Supernet, SupernetConfig
 
 
@@ -29,6 +29,7 @@ class SearchSpace:
     name: ClassVar[str] = ""
     genotype_type: ClassVar[type] = object
     known_ops: ClassVar[Sequence[str]] = ()   # the op names a genotype of this space may use
+    default_ops: ClassVar[Sequence[str]] = ()  # model.ops when the user names the space but no ops
 
     def check(self, options: Any) -> None:
         """Raise :class:`DassError` naming what is wrong with ``options`` for this space."""
@@ -53,6 +54,7 @@ class DartsSpace(SearchSpace):
     name = "darts"
     genotype_type = Genotype
     known_ops = tuple(OPS)
+    default_ops = tuple(PRIMITIVES)
 
     def check(self, options: Any) -> None:
         unknown = [op for op in options.ops if op not in self.known_ops]
