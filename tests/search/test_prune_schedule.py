@@ -69,3 +69,22 @@ def test_a_ramped_erk_search_resumes_exactly(tmp_path):
     assert [r["phase"] for r in records] == ["warmup", "prune", "prune", "finetune"]
     assert 0.1 < records[1]["density"] < 0.3 and abs(records[2]["density"] - 0.1) < 0.005   # ramping, then at target
     assert all("val_acc" in r for r in records)
+
+
+@pytest.mark.parametrize("prune_weights", [False, True])
+def test_prune_weights_lets_the_weights_train_beside_the_scores(tmp_path, prune_weights):
+    """HYDRA's prune phase (the default) freezes the sparse layers' weights while the scores learn the mask;
+    ``search.prune_weights`` trains both, so the weights adapt while the ramp tightens the mask."""
+    from dass.sparse.layers import sparse_layers
+
+    config = make_config("default", sets=TINY + ["search.epochs.warmup=0", "search.epochs.finetune=0",
+                                                 f"search.prune_weights={prune_weights}"])
+    run = DassSearch.create(config, str(tmp_path / "run"), progress=False)
+    layers = [layer for _, layer in sparse_layers(run.model)]
+    before = [layer.weight.detach().clone() for layer in layers]
+    run.run()
+    moved = [not torch.equal(b, layer.weight) for b, layer in zip(before, layers)]
+    assert all(moved) if prune_weights else not any(moved)
+    records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["phase"] for r in records] == ["prune", "prune"] and "scores" in records[0]["lr"]
+    assert ("weights" in records[0]["lr"]) == prune_weights

@@ -44,6 +44,7 @@ class SearchConfig:
     budget: str = "uniform"           # per-layer keep ratios: uniform | erk (Erdos-Renyi-Kernel: small layers keep
                                       # more); mask_scope=global has one threshold instead and ignores it
     prune_ramp: float = 0.0           # > 0: sparsity ramps 0 -> target (cubic) over this fraction of the prune phase
+    prune_weights: bool = False       # the weights train beside the scores in the prune phase (HYDRA: scores only)
     bn_recalibrate: int = 0           # > 0: re-estimate batch-norm statistics on this many training batches before
                                       # each evaluation (stale running averages misjudge a freshly masked supernet)
     kept_rule: str = "round"          # round: round(k*n) weights kept | authors: n - int((1-k)*n), as their code

@@ -47,7 +47,7 @@ def phase_plan(config: SearchRunConfig) -> list[PhaseSpec]:
     if s.mode == "single_loop":
         return [PhasePlan("single_loop", Phase.JOINT, s.single_loop_epochs)]
     return [PhasePlan("warmup", Phase.DENSE, s.epochs.warmup),
-            PhasePlan("prune", Phase.PRUNE, s.epochs.prune),
+            PhasePlan("prune", Phase.JOINT if s.prune_weights else Phase.PRUNE, s.epochs.prune),
             PhasePlan("finetune", Phase.FINETUNE, s.epochs.finetune)]
 
 
@@ -95,7 +95,7 @@ class DassSearch(PhasedRun):
         plan = self.plan[index]
         s = self.config.search
         if plan.sparse:
-            set_sparsity(self.model, self._ramped(s.sparsity) if plan.phase is Phase.PRUNE else s.sparsity,
+            set_sparsity(self.model, self._ramped(s.sparsity) if plan.name == "prune" else s.sparsity,
                          s.mask_scope, s.budget)
             if fresh and plan.phase in (Phase.PRUNE, Phase.JOINT):
                 init_scores(self.model)
@@ -150,7 +150,7 @@ class DassSearch(PhasedRun):
         assert self.lower is not None
         p = self.position
         s = self.config.search
-        if s.prune_ramp > 0 and self.plan[p["phase"]].phase is Phase.PRUNE:
+        if s.prune_ramp > 0 and self.plan[p["phase"]].name == "prune":
             set_sparsity(self.model, self._ramped(s.sparsity), s.mask_scope, s.budget)
         position = StepPosition(self.config.seed, p["phase"], p["epoch"], p["step"])
         self.accumulate(**self.method.step(SearchBatch(x_t, y_t, x_v, y_v), self.lower, position))
