@@ -1,21 +1,35 @@
-"""The paper's comparison on a reduced CPU protocol: searched sparse cells vs pruned hand-designed networks.
+"""The paper's comparison on a reduced CPU protocol, several seeds: cells searched for sparsity vs the alternatives.
 
-For each sparsity (99% and 90%): a DASS search on the CIFAR-10 subset, then the found cell, DARTS_V2,
-MobileNet-v2 and ResNet-18 trained with identical epochs and HYDRA pruning to that sparsity, their
-widths chosen so that their parameter counts (and so their nonzero budgets) are as close to the
-searched network's as the sizes allow. Ends with the table of `dass compare`.
+Per seed: a dense DARTS search (warm-up only: the ablation the paper's claim rests on, a cell found without
+pruning and then pruned) and a random cell. Per sparsity and seed: a DASS search at that sparsity. Then, per
+sparsity and seed, trained alike with HYDRA pruning to that sparsity (pretrain, prune, fine-tune):
 
-All work goes through the `dass` command line, exactly as a user would run it:
+* ``dass``        the DASS cell            * ``darts_v2``  DARTS' published cell
+* ``dense_darts`` the dense-search cell    * ``random``    the random cell          (all at the same C and cells)
+* ``mobilenet_v2_p`` / ``resnet18_p``: width matched to the DASS network's parameters (so nonzero parameters)
+* ``mobilenet_v2_m`` / ``resnet18_m``: width matched to its multiply-adds (so nonzero multiply-adds, as every
+  layer is pruned to the same sparsity)
 
-    python bench/paper_comparison.py [--out bench/runs/paper] [--quick]
+and tested on the subset's 1000 test images. The tables give mean +- sd over seeds; the plots (PNG) accuracy vs
+sparsity per model and accuracy vs packed-runtime latency. The protocol is written in docs/method-notes.md.
 
-``--quick`` is a smoke run of the whole flow in a few minutes; its numbers mean nothing.
+Everything goes through the `dass` command line, as a user would run it. Stages:
+
+    python bench/paper_comparison.py [--out bench/runs/paper] [--seeds 0,1,2] [--quick]   # train and test
+    python bench/paper_comparison.py --latency         # then, on an idle machine: packed latency of seed 0's models
+
+The first stage only measures accuracy (no timing), so it may share the machine; it resumes where it stopped
+(finished runs are skipped, interrupted ones continue from their checkpoint), and two copies given disjoint
+``--seeds`` can run side by side (``--threads 1`` each). ``--report`` prints the tables and plots of whatever
+has finished. ``--quick`` is a smoke run of the whole flow in a few minutes; its numbers mean nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import statistics
 import subprocess
 import sys
 import time
@@ -23,31 +37,36 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data" / "cifar10_subset.npz"
+DOCS = ROOT / "docs"
 
-FULL = {  # sized so the whole script runs in about 75 minutes on 2 idle cores
-    # arch_lr 3e-3 (DARTS: 3e-4) because this search takes ~200 architecture steps, not ~20,000
-    "search": ["--subset", "1600", "--init-channels", "4", "--layers", "5", "--batch-size", "64", "--order", "1",
-               "--set", "search.epochs.warmup=8", "--set", "search.epochs.prune=4", "--set", "search.epochs.finetune=4",
+CELL_MODELS = ("dass", "darts_v2", "dense_darts", "random")
+BASELINES = ("mobilenet_v2", "resnet18")
+MODELS = CELL_MODELS + tuple(f"{b}_{m}" for m in ("p", "m") for b in BASELINES)
+
+FULL = {  # sized for about 4 hours of the first stage on 2 idle cores (docs/method-notes.md has the arithmetic)
+    # arch_lr 3e-3 (DARTS: 3e-4) because this search takes ~150 architecture steps, not ~20,000
+    "search": ["--subset", "1200", "--init-channels", "4", "--layers", "5", "--batch-size", "64", "--order", "1",
                "--set", "search.arch_lr=0.003"],
-    "cell": {"init_channels": 8, "layers": 8},
-    "train": ["--batch-size", "64", "--set", "train.epochs.pretrain=4", "--set", "train.epochs.prune=2",
+    "search_epochs": {"warmup": 6, "prune": 3, "finetune": 3},
+    "cell": {"init_channels": 8, "layers": 5},
+    "train": ["--batch-size", "64", "--set", "train.epochs.pretrain=3", "--set", "train.epochs.prune=1",
               "--set", "train.epochs.finetune=2", "--set", "data.cutout=8"],
 }
 QUICK = {
-    "search": ["--subset", "128", "--init-channels", "4", "--layers", "3", "--batch-size", "32", "--order", "1",
-               "--epochs", "1"],
+    "search": ["--subset", "128", "--init-channels", "4", "--layers", "3", "--batch-size", "32", "--order", "1"],
+    "search_epochs": {"warmup": 1, "prune": 1, "finetune": 1},
     "cell": {"init_channels": 4, "layers": 3},
     "train": ["--subset", "256", "--batch-size", "64", "--epochs", "1"],
 }
 
 
 def dass(*args: str) -> None:
-    cmd = [sys.executable, "-m", "dass.cli", *args]
     print("$ dass " + " ".join(args), flush=True)
-    subprocess.run(cmd, check=True, cwd=ROOT)
+    subprocess.run([sys.executable, "-m", "dass.cli", *args], check=True, cwd=ROOT)
 
 
-def params_of(name: str, **kwargs) -> int:
+def counts_of(name: str, **kwargs) -> tuple[int, int]:
+    """(parameters, dense multiply-adds) of a model at CIFAR size."""
     from dass.metrics import count
     from dass.models import build_model
 
@@ -55,57 +74,161 @@ def params_of(name: str, **kwargs) -> int:
         from dass.space import Genotype
 
         kwargs["genotype"] = Genotype.load(kwargs["genotype"])
-    return count(build_model(name, **kwargs), (3, 32, 32)).params
+    c = count(build_model(name, **kwargs), (3, 32, 32))
+    return c.params, c.macs
 
 
-def matched_width(name: str, target: int) -> float:
-    """The width multiplier whose parameter count is closest to ``target`` (params grow ~ width^2)."""
-    guess = math.sqrt(target / params_of(name))
+def matched_width(name: str, target: int, by: int) -> float:
+    """The width multiplier whose count (``by``: 0 parameters, 1 multiply-adds) is closest to ``target``; both
+    grow about as width^2."""
+    guess = math.sqrt(target / counts_of(name)[by])
     grid = [round(guess * f, 4) for f in (0.85, 0.9, 0.95, 1.0, 1.05, 1.1, 1.15)]
-    return min(grid, key=lambda w: abs(params_of(name, width=w) - target))
+    return min(grid, key=lambda w: abs(counts_of(name, width=w)[by] - target))
+
+
+def search(out: Path, common: list[str], plan: dict, sparsity: float, dense: bool) -> Path:
+    """The genotype of a search (run, resumed or found done)."""
+    if (out / "checkpoint.pt").exists() and not (out / "genotype.json").exists():
+        dass("search", "--resume", str(out), "--quiet")
+    elif not (out / "genotype.json").exists():
+        e = dict(plan["search_epochs"], **({"warmup": sum(plan["search_epochs"].values()), "prune": 0,
+                                           "finetune": 0} if dense else {}))
+        dass("search", *common, "--sparsity", str(sparsity), *plan["search"], "--out", str(out),
+             *[a for k, v in e.items() for a in ("--set", f"search.epochs.{k}={v}")])
+    return out / "genotype.json"
+
+
+def train(out: Path, common: list[str], plan: dict, sparsity: float, model_args: list[str]) -> None:
+    if (out / "checkpoint.pt").exists() and not (out / "model_sparse.pt").exists():
+        dass("train", "--resume", str(out), "--quiet")
+    elif not (out / "model_sparse.pt").exists():
+        dass("train", *common, "--sparsity", str(sparsity), *model_args, *plan["train"], "--out", str(out))
+    if not (out / "eval.json").exists():
+        dass("eval", str(out), "--no-latency")
+
+
+def run_all(out: Path, plan: dict, sparsities: list[float], seeds: list[int], threads: str) -> None:
+    from dass.space import PRIMITIVES, random_genotype
+
+    cell = plan["cell"]
+    cell_args = ["--init-channels", str(cell["init_channels"]), "--layers", str(cell["layers"])]
+    for seed in seeds:
+        common = ["--dataset", str(DATA), "--threads", threads, "--quiet", "--seed", str(seed)]
+        dense = search(out / f"seed{seed}" / "search_dense", common, plan, 0.9, dense=True)
+        rand = out / f"seed{seed}" / "random_genotype.json"
+        if not rand.exists():
+            random_genotype(seed, PRIMITIVES).save(rand)
+        for sparsity in sparsities:
+            tag = f"{round(sparsity * 100)}"
+            found = search(out / f"seed{seed}" / f"search_{tag}", common, plan, sparsity, dense=False)
+            params, macs = counts_of("genotype", genotype=str(found), **cell)
+            models = {"dass": ["--genotype", str(found)], "darts_v2": ["--model", "darts_v2"],
+                      "dense_darts": ["--genotype", str(dense)], "random": ["--genotype", str(rand)]}
+            models = {k: v + cell_args for k, v in models.items()}
+            for name in BASELINES:
+                models[f"{name}_p"] = ["--model", name, "--set", f"model.width={matched_width(name, params, 0)}"]
+                models[f"{name}_m"] = ["--model", name, "--set", f"model.width={matched_width(name, macs, 1)}"]
+            for name, args in models.items():
+                train(out / f"seed{seed}" / f"{name}_{tag}", common, plan, sparsity, args)
+
+
+def collect(out: Path) -> dict[tuple[str, int], list[dict]]:
+    """Every finished evaluation, by (model, sparsity %)."""
+    results: dict[tuple[str, int], list[dict]] = {}
+    for path in sorted(out.glob("seed*/*_*/eval.json")):
+        name, _, tag = path.parent.name.rpartition("_")
+        if name in MODELS and tag.isdigit():
+            results.setdefault((name, int(tag)), []).append(json.loads(path.read_text()))
+    return results
+
+
+def mean_sd(values: list[float]) -> str:
+    sd = statistics.stdev(values) if len(values) > 1 else float("nan")
+    return f"{statistics.mean(values):.1f} +- {sd:.1f} (n={len(values)})"
+
+
+def report(out: Path, sparsities: list[int], plots: bool) -> None:
+    results = collect(out)
+    for title, names in (("matched parameters", CELL_MODELS + tuple(f"{b}_p" for b in BASELINES)),
+                         ("matched multiply-adds", ("dass",) + tuple(f"{b}_m" for b in BASELINES))):
+        print(f"\ntop-1 (%), mean +- sd over seeds, {title}:\n")
+        print("| model | " + " | ".join(f"{p}%" for p in sparsities) + " | nonzero params / MACs at " +
+              f"{sparsities[0]}% |")
+        print("|---|" + "---|" * (len(sparsities) + 1))
+        for name in names:
+            cells = [mean_sd([100 * r["top1"] for r in results[(name, p)]]) if (name, p) in results else "-"
+                     for p in sparsities]
+            first = results.get((name, sparsities[0]))
+            size = (f"{statistics.mean(r['nonzero_params'] for r in first):,.0f} / "
+                    f"{statistics.mean(r['sparse_macs'] for r in first):,.0f}") if first else "-"
+            print(f"| {name} | " + " | ".join(cells) + f" | {size} |")
+    for (name, p), rows in sorted(results.items()):
+        print(f"paper_{name}_{p}: {statistics.mean(100 * r['top1'] for r in rows):.2f}")
+    if plots:
+        plot(results, sparsities, out)
+
+
+def plot(results: dict[tuple[str, int], list[dict]], sparsities: list[int], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name in MODELS:
+        xs = [p for p in sparsities if (name, p) in results]
+        if xs:
+            accs = [[100 * r["top1"] for r in results[(name, p)]] for p in xs]
+            ax.errorbar(xs, [statistics.mean(a) for a in accs],
+                        yerr=[statistics.stdev(a) if len(a) > 1 else 0 for a in accs], marker="o", capsize=3,
+                        label=name)
+    ax.set(xlabel="sparsity (%)", ylabel="top-1 (%), mean +- sd", title="CIFAR-10 subset, reduced protocol")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "accuracy_vs_sparsity.png", dpi=120)
+    timed = {k: [r for r in v if "packed_latency_b1_ms" in r] for k, v in results.items()}
+    if any(timed.values()):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for name in MODELS:
+            pts = [(r["packed_latency_b1_ms"], 100 * r["top1"]) for (n, _), rows in timed.items() if n == name
+                   for r in rows]
+            if pts:
+                ax.scatter(*zip(*pts), label=name)
+        ax.set(xlabel="packed runtime latency, batch 1 (ms)", ylabel="top-1 (%)", xscale="log",
+               title="accuracy vs latency (seed 0, all sparsities)")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / "accuracy_vs_latency.png", dpi=120)
+    print(f"\nplots: {out / 'accuracy_vs_sparsity.png'}, {out / 'accuracy_vs_latency.png'} (once timed)")
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=str(ROOT / "bench" / "runs" / "paper"))
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--sparsities", default="0.99,0.9")
+    ap.add_argument("--sparsities", default="0.9,0.95,0.99")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--threads", default="2", help="torch threads per run")
+    ap.add_argument("--latency", action="store_true", help="time seed 0's trained models (idle machine)")
+    ap.add_argument("--report", action="store_true", help="only print the tables and plots of what has finished")
     args = ap.parse_args()
     plan = QUICK if args.quick else FULL
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    common = ["--dataset", str(DATA), "--threads", "2", "--quiet"]
-    cell = plan["cell"]
-    cell_args = ["--init-channels", str(cell["init_channels"]), "--layers", str(cell["layers"])]
+    sparsities = [float(s) for s in args.sparsities.split(",")]
+    pcts = [round(s * 100) for s in sparsities]
     start = time.time()
-    runs = []
-    for sparsity in [float(s) for s in args.sparsities.split(",")]:
-        tag = f"{round(sparsity * 100)}"
-        search_dir = out / f"search_{tag}"
-        if (search_dir / "checkpoint.pt").exists() and not (search_dir / "genotype.json").exists():
-            dass("search", "--resume", str(search_dir), "--quiet")  # an interrupted earlier run of this script
-        elif not (search_dir / "genotype.json").exists():
-            dass("search", *common, "--sparsity", str(sparsity), *plan["search"], "--out", str(search_dir))
-        # the baselines' widths match the parameter count of the network built from the found cell
-        target = params_of("genotype", genotype=str(search_dir / "genotype.json"), **cell)
-        widths = {name: matched_width(name, target) for name in ("mobilenet_v2", "resnet18")}
-        models = {
-            f"dass_{tag}": ["--genotype", str(search_dir / "genotype.json"), *cell_args],
-            f"darts_v2_{tag}": ["--model", "darts_v2", *cell_args],
-            f"mobilenet_v2_{tag}": ["--model", "mobilenet_v2", "--set", f"model.width={widths['mobilenet_v2']}"],
-            f"resnet18_{tag}": ["--model", "resnet18", "--set", f"model.width={widths['resnet18']}"],
-        }
-        for name, model_args in models.items():
-            run_dir = out / name
-            if (run_dir / "checkpoint.pt").exists() and not (run_dir / "model_sparse.pt").exists():
-                dass("train", "--resume", str(run_dir), "--quiet")
-            elif not (run_dir / "model_sparse.pt").exists():
-                dass("train", *common, "--sparsity", str(sparsity), *model_args, *plan["train"], "--out", str(run_dir))
-            if not (run_dir / "eval.json").exists():
-                dass("eval", str(run_dir))
-            runs.append(str(run_dir))
-    print(f"\nwall time: {(time.time() - start) / 60:.1f} min\n", flush=True)
-    dass("compare", *runs)
+    if args.latency:
+        from dass.runtime.load import warn_if_busy
+
+        warn_if_busy()
+        for path in sorted(out.glob("seed0/*_*/model_sparse.pt")):
+            dass("eval", str(path.parent))
+        warn_if_busy()
+    elif not args.report:
+        run_all(out, plan, sparsities, [int(s) for s in args.seeds.split(",")], args.threads)
+    print(f"\nwall time: {(time.time() - start) / 60:.1f} min")
+    report(out, pcts, plots=True)
 
 
 if __name__ == "__main__":

@@ -74,3 +74,23 @@ def test_derivation_follows_the_darts_rule():
     assert g.normal[2:4] == (("dil_conv_3x3", 2), ("skip_connect", 0))
     assert g.normal_concat == (2, 3, 4, 5)
     assert len(g.normal) == 8
+
+
+def test_random_genotype_is_seeded_and_derivable():
+    """The random-cell baseline: two distinct earlier states per node, no ``none``, the same cell for a seed."""
+    from collections import Counter
+
+    from dass.space import PRIMITIVES, random_genotype
+
+    cells = [random_genotype(seed, PRIMITIVES) for seed in range(200)]
+    assert cells[0] == random_genotype(0, PRIMITIVES) and len(set(cells)) == 200
+    for g in cells:
+        g.validate(PRIMITIVES)
+        for cell in (g.normal, g.reduce):
+            assert all(op != "none" for op, _ in cell)
+            for node in range(4):
+                a, b = cell[2 * node][1], cell[2 * node + 1][1]
+                assert a != b and max(a, b) < node + 2
+    ops = Counter(op for g in cells for op, _ in g.normal + g.reduce)
+    assert set(ops) == set(PRIMITIVES) - {"none"} and min(ops.values()) > 0.7 * max(ops.values())   # ~uniform
+    assert random_genotype(3, ["none", "skip_connect"], nodes=2, multiplier=2).normal_concat == (2, 3)

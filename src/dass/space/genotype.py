@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import json
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -325,6 +326,24 @@ def derive_genotype(alphas_normal: torch.Tensor, alphas_reduce: torch.Tensor, op
     multiplier = nodes if multiplier is None else multiplier
     concat = list(range(2 + nodes - multiplier, nodes + 2))
     return Genotype(normal, concat, reduce, concat)
+
+
+def random_genotype(seed: int, ops: Sequence[str], nodes: int = 4, multiplier: int | None = None) -> Genotype:
+    """A cell drawn uniformly from what the DARTS rule can derive: per node two distinct earlier states, each with
+    an op other than ``none`` (the random baseline of DARTS and of "Random Search and Reproducibility for NAS").
+    The same ``seed`` gives the same cell."""
+    candidates = [op for op in ops if op != "none"]
+    if not candidates:
+        raise DassError("the op set has no op other than 'none'; no cell can be drawn")
+    rng = random.Random(seed)
+
+    def cell() -> list[Edge]:
+        return [(rng.choice(candidates), j) for node in range(nodes) for j in sorted(rng.sample(range(node + 2), 2))]
+
+    normal, reduce = cell(), cell()
+    multiplier = nodes if multiplier is None else multiplier
+    concat = list(range(2 + nodes - multiplier, nodes + 2))
+    return Genotype(normal, concat, reduce, concat, meta={"source": f"random_genotype(seed={seed})"})
 
 
 DARTS_V1 = Genotype.from_darts_string(
