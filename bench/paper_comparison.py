@@ -18,10 +18,11 @@ Everything goes through the `dass` command line, as a user would run it. Stages:
     python bench/paper_comparison.py [--out bench/runs/paper] [--seeds 0,1,2] [--quick]   # train and test
     python bench/paper_comparison.py --latency         # then, on an idle machine: packed latency of seed 0's models
 
-The first stage only measures accuracy (no timing), so it may share the machine; it resumes where it stopped
-(finished runs are skipped, interrupted ones continue from their checkpoint), and two copies given disjoint
-``--seeds`` can run side by side (``--threads 1`` each). ``--report`` prints the tables and plots of whatever
-has finished. ``--quick`` is a smoke run of the whole flow in a few minutes; its numbers mean nothing.
+The first stage only measures accuracy (no timing), so it may share the machine; it runs ``--jobs`` runs at a time
+(each a `dass` process of ``--threads`` threads; on 2 cores two 1-thread runs finish more work than one 2-thread
+run) and resumes where it stopped (finished runs are skipped, interrupted ones continue from their checkpoint), so
+it can be spread over several sessions. ``--report`` prints the tables and plots of whatever has finished.
+``--quick`` is a smoke run of the whole flow in a few minutes; its numbers mean nothing.
 """
 
 from __future__ import annotations
@@ -33,7 +34,10 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from functools import partial
 from pathlib import Path
+from typing import Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data" / "cifar10_subset.npz"
@@ -86,8 +90,8 @@ def matched_width(name: str, target: int, by: int) -> float:
     return min(grid, key=lambda w: abs(counts_of(name, width=w)[by] - target))
 
 
-def search(out: Path, common: list[str], plan: dict, sparsity: float, dense: bool) -> Path:
-    """The genotype of a search (run, resumed or found done)."""
+def search(out: Path, common: list[str], plan: dict, sparsity: float, dense: bool) -> None:
+    """A search (run, resumed, or found done); ``dense``: warm-up only, for as many epochs as all phases."""
     if (out / "checkpoint.pt").exists() and not (out / "genotype.json").exists():
         dass("search", "--resume", str(out), "--quiet")
     elif not (out / "genotype.json").exists():
@@ -95,7 +99,6 @@ def search(out: Path, common: list[str], plan: dict, sparsity: float, dense: boo
                                            "finetune": 0} if dense else {}))
         dass("search", *common, "--sparsity", str(sparsity), *plan["search"], "--out", str(out),
              *[a for k, v in e.items() for a in ("--set", f"search.epochs.{k}={v}")])
-    return out / "genotype.json"
 
 
 def train(out: Path, common: list[str], plan: dict, sparsity: float, model_args: list[str]) -> None:
@@ -107,29 +110,66 @@ def train(out: Path, common: list[str], plan: dict, sparsity: float, model_args:
         dass("eval", str(out), "--no-latency")
 
 
-def run_all(out: Path, plan: dict, sparsities: list[float], seeds: list[int], threads: str) -> None:
-    from dass.space import PRIMITIVES, random_genotype
-
+def model_args(name: str, seed_dir: Path, tag: str, plan: dict) -> list[str]:
+    """The `dass train` arguments of a model (a baseline's width is matched once its DASS cell exists)."""
     cell = plan["cell"]
     cell_args = ["--init-channels", str(cell["init_channels"]), "--layers", str(cell["layers"])]
+    found = seed_dir / f"search_{tag}" / "genotype.json"
+    cells = {"dass": found, "dense_darts": seed_dir / "search_dense" / "genotype.json",
+             "random": seed_dir / "random_genotype.json"}
+    if name in cells:
+        return ["--genotype", str(cells[name]), *cell_args]
+    if name == "darts_v2":
+        return ["--model", "darts_v2", *cell_args]
+    base, by = name.rsplit("_", 1)
+    target = counts_of("genotype", genotype=str(found), **cell)[0 if by == "p" else 1]
+    return ["--model", base, "--set", f"model.width={matched_width(base, target, 0 if by == 'p' else 1)}"]
+
+
+Task = tuple[Callable[[], None], list[str]]   # what to run, the tasks it waits for
+
+
+def run_tasks(tasks: dict[str, Task], jobs: int) -> None:
+    """Run the tasks, ``jobs`` at a time, each once the tasks it waits for are done (in the order given
+    otherwise: the searches first, as most trainings wait for them)."""
+    pending, running, done = dict(tasks), {}, set()
+    with ThreadPoolExecutor(jobs) as pool:
+        while pending or running:
+            for key in [k for k, (_, deps) in pending.items() if all(d in done for d in deps)]:
+                if len(running) >= jobs:
+                    break
+                running[pool.submit(pending.pop(key)[0])] = key
+            if not running:
+                raise RuntimeError(f"tasks wait for tasks that do not exist: {sorted(pending)}")
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                future.result()   # a failed run stops the bench (finished runs are kept for the next start)
+                done.add(running.pop(future))
+
+
+def run_all(out: Path, plan: dict, sparsities: list[float], seeds: list[int], threads: str, jobs: int) -> None:
+    from dass.space import PRIMITIVES, random_genotype
+
+    searches: dict[str, Task] = {}
+    trainings: dict[str, Task] = {}
     for seed in seeds:
         common = ["--dataset", str(DATA), "--threads", threads, "--quiet", "--seed", str(seed)]
-        dense = search(out / f"seed{seed}" / "search_dense", common, plan, 0.9, dense=True)
-        rand = out / f"seed{seed}" / "random_genotype.json"
-        if not rand.exists():
-            random_genotype(seed, PRIMITIVES).save(rand)
+        seed_dir = out / f"seed{seed}"
+        seed_dir.mkdir(parents=True, exist_ok=True)
+        if not (seed_dir / "random_genotype.json").exists():
+            random_genotype(seed, PRIMITIVES).save(seed_dir / "random_genotype.json")
+        dense = f"seed{seed}/search_dense"
+        searches[dense] = (partial(search, out / dense, common, plan, 0.9, True), [])
         for sparsity in sparsities:
             tag = f"{round(sparsity * 100)}"
-            found = search(out / f"seed{seed}" / f"search_{tag}", common, plan, sparsity, dense=False)
-            params, macs = counts_of("genotype", genotype=str(found), **cell)
-            models = {"dass": ["--genotype", str(found)], "darts_v2": ["--model", "darts_v2"],
-                      "dense_darts": ["--genotype", str(dense)], "random": ["--genotype", str(rand)]}
-            models = {k: v + cell_args for k, v in models.items()}
-            for name in BASELINES:
-                models[f"{name}_p"] = ["--model", name, "--set", f"model.width={matched_width(name, params, 0)}"]
-                models[f"{name}_m"] = ["--model", name, "--set", f"model.width={matched_width(name, macs, 1)}"]
-            for name, args in models.items():
-                train(out / f"seed{seed}" / f"{name}_{tag}", common, plan, sparsity, args)
+            found = f"seed{seed}/search_{tag}"
+            searches[found] = (partial(search, out / found, common, plan, sparsity, False), [])
+            for name in MODELS:
+                deps = {"darts_v2": [], "random": [], "dense_darts": [dense]}.get(name, [found])
+                run = lambda name=name, seed_dir=seed_dir, tag=tag, sparsity=sparsity, common=common: train(
+                    seed_dir / f"{name}_{tag}", common, plan, sparsity, model_args(name, seed_dir, tag, plan))
+                trainings[f"seed{seed}/{name}_{tag}"] = (run, deps)
+    run_tasks({**searches, **trainings}, jobs)
 
 
 def collect(out: Path) -> dict[tuple[str, int], list[dict]]:
@@ -189,13 +229,15 @@ def plot(results: dict[tuple[str, int], list[dict]], sparsities: list[int], out:
     timed = {k: [r for r in v if "packed_latency_b1_ms" in r] for k, v in results.items()}
     if any(timed.values()):
         fig, ax = plt.subplots(figsize=(6, 4))
-        for name in MODELS:
-            pts = [(r["packed_latency_b1_ms"], 100 * r["top1"]) for (n, _), rows in timed.items() if n == name
-                   for r in rows]
-            if pts:
-                ax.scatter(*zip(*pts), label=name)
+        markers = dict(zip(sparsities, "os^Dv"))
+        for k, name in enumerate(MODELS):
+            for p in sparsities:
+                pts = [(r["packed_latency_b1_ms"], 100 * r["top1"]) for r in timed.get((name, p), [])]
+                if pts:
+                    ax.scatter(*zip(*pts), color=f"C{k}", marker=markers.get(p, "o"),
+                               label=name if p == sparsities[0] else None)
         ax.set(xlabel="packed runtime latency, batch 1 (ms)", ylabel="top-1 (%)", xscale="log",
-               title="accuracy vs latency (seed 0, all sparsities)")
+               title="accuracy vs latency, seed 0 (" + ", ".join(f"{m} {p}%" for p, m in markers.items()) + ")")
         ax.legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(out / "accuracy_vs_latency.png", dpi=120)
@@ -208,7 +250,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--sparsities", default="0.9,0.95,0.99")
     ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--threads", default="2", help="torch threads per run")
+    ap.add_argument("--threads", default="1", help="torch threads per run")
+    ap.add_argument("--jobs", type=int, default=2, help="runs at a time (on 2 cores: 2 runs of 1 thread each)")
     ap.add_argument("--latency", action="store_true", help="time seed 0's trained models (idle machine)")
     ap.add_argument("--report", action="store_true", help="only print the tables and plots of what has finished")
     args = ap.parse_args()
@@ -226,7 +269,7 @@ def main() -> None:
             dass("eval", str(path.parent))
         warn_if_busy()
     elif not args.report:
-        run_all(out, plan, sparsities, [int(s) for s in args.seeds.split(",")], args.threads)
+        run_all(out, plan, sparsities, [int(s) for s in args.seeds.split(",")], args.threads, args.jobs)
     print(f"\nwall time: {(time.time() - start) / 60:.1f} min")
     report(out, pcts, plots=True)
 
