@@ -47,13 +47,13 @@ CELL_MODELS = ("dass", "darts_v2", "dense_darts", "random")
 BASELINES = ("mobilenet_v2", "resnet18")
 MODELS = CELL_MODELS + tuple(f"{b}_{m}" for m in ("p", "m") for b in BASELINES)
 
-FULL = {  # sized for about 4 hours of the first stage on 2 idle cores (docs/method-notes.md has the arithmetic)
+FULL = {  # sized for about 2 hours of the first stage with --jobs 2 on 2 cores (docs/method-notes.md)
     # arch_lr 3e-3 (DARTS: 3e-4) because this search takes ~150 architecture steps, not ~20,000
     "search": ["--subset", "1200", "--init-channels", "4", "--layers", "5", "--batch-size", "64", "--order", "1",
                "--set", "search.arch_lr=0.003"],
     "search_epochs": {"warmup": 6, "prune": 3, "finetune": 3},
     "cell": {"init_channels": 8, "layers": 5},
-    "train": ["--batch-size", "64", "--set", "train.epochs.pretrain=3", "--set", "train.epochs.prune=1",
+    "train": ["--batch-size", "64", "--set", "train.epochs.pretrain=4", "--set", "train.epochs.prune=2",
               "--set", "train.epochs.finetune=2", "--set", "data.cutout=8"],
 }
 QUICK = {
