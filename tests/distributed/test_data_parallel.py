@@ -18,7 +18,9 @@ TINY = ["--dataset", "digits", "--subset", "128", "--init-channels", "4", "--lay
         "--set", "model.nodes=2", "--set", "model.multiplier=2", "--epochs", "1", "--sparsity", "0.5", "--quiet",
         # batch-norm recalibration re-estimates running statistics from weights that differ by rounding: compared
         # on its own (bitwise across ranks) in test_recalibration_keeps_ranks_identical
-        "--set", "search.bn_recalibrate=0"]
+        "--set", "search.bn_recalibrate=0",
+        # HYDRA's prune phase (scores only); the default preset's prune_weights is compared on its own below
+        "--set", "search.prune_weights=false"]
 # Second order: the finite-difference Hessian-vector product divides rounding differences by 2r, and Adam turns
 # alpha-gradient components near zero into steps of about +-arch_lr (3e-4) whatever their size, so rounding can flip
 # a few such steps: agreement is within a few Adam steps, not to float precision as in first order.
@@ -134,3 +136,25 @@ def test_recalibration_keeps_ranks_identical(tmp_path):
     assert len(rank0) == 3
     for key in rank0:
         assert all(torch.equal(v, rank1[key][n]) for n, v in rank0[key].items()), key
+
+
+def test_prune_weights_under_two_ranks(tmp_path):
+    """With the weights training beside the scores in the prune phase, the ranks stay bitwise identical; one process
+    with the same global batch agrees to 1e-3, not to float rounding: measured 1.1e-4 after the prune epoch, against
+    < 1e-5 with HYDRA's phase. Not yet explained; the likely cause is a rounding difference that moves a score
+    across the top-k threshold, switching a weight in or out of the mask, which with prune_weights then trains."""
+    args = [*TINY[:-2], "--set", "search.prune_weights=true", "--order", "1"]
+    (tmp_path / "dumps2").mkdir()
+    (tmp_path / "dumps1").mkdir()
+    done = torchrun("search", *args, "--out", str(tmp_path / "two"),
+                    env={"_DASS_TEST_DUMP_STATE": str(tmp_path / "dumps2")})
+    assert done.returncode == 0, done.stderr[-3000:]
+    one = run_cli("search", *args, "--out", str(tmp_path / "one"),
+                  env={"_DASS_TEST_DUMP_STATE": str(tmp_path / "dumps1")})
+    assert one.returncode == 0, one.stderr
+    rank0, rank1, single = (_states(tmp_path / "dumps2", 0), _states(tmp_path / "dumps2", 1),
+                            _states(tmp_path / "dumps1", 0))
+    assert sorted(rank0) == sorted(rank1) == sorted(single) and len(rank0) == 3
+    for key in rank0:
+        assert all(torch.equal(v, rank1[key][name]) for name, v in rank0[key].items()), key
+        assert _max_diff(rank0[key], single[key]) < 1e-3, key
