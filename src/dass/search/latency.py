@@ -24,6 +24,7 @@ from torch import nn
 
 from .. import __version__
 from ..metrics.counting import forward_with_hooks
+from ..native import RUNTIME
 from ..runtime.files import atomic_write_text
 from ..space.mixed import MixedOp
 from ..space.supernet import Supernet
@@ -33,14 +34,19 @@ CACHE_DIR = Path(os.environ.get("DASS_CACHE", Path.home() / ".cache" / "dass")) 
 
 
 def machine_key(threads: int) -> str:
-    """Which cached table applies: CPU model, core count, dass version and thread count."""
+    """Which cached table applies: CPU model, core count, dass version, the runtime kernels' source (a kernel
+    change moves every op's time) and thread count."""
     cpu = platform.processor()
     try:
         with open("/proc/cpuinfo") as fh:
             cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
     except OSError:
         pass
-    text = f"{cpu}|{os.cpu_count()}|{platform.machine()}|{__version__}|t{threads}"
+    try:
+        kernels = hashlib.sha256(RUNTIME.source.read_bytes()).hexdigest()[:16]
+    except OSError:
+        kernels = "?"
+    text = f"{cpu}|{os.cpu_count()}|{platform.machine()}|{__version__}|{kernels}|t{threads}"
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
