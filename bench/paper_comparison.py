@@ -202,10 +202,38 @@ def report(out: Path, sparsities: list[int], plots: bool) -> None:
             size = (f"{statistics.mean(r['nonzero_params'] for r in first):,.0f} / "
                     f"{statistics.mean(r['sparse_macs'] for r in first):,.0f}") if first else "-"
             print(f"| {name} | " + " | ".join(cells) + f" | {size} |")
+    paired(out, sparsities)
     for (name, p), rows in sorted(results.items()):
         print(f"paper_{name}_{p}: {statistics.mean(100 * r['top1'] for r in rows):.2f}")
     if plots:
         plot(results, sparsities, out)
+
+
+def paired(out: Path, sparsities: list[int]) -> None:
+    """The DASS cell minus each other model, seed by seed (the same search and training seed): mean +- sd of
+    the differences and a two-sided paired t-test, so that a margin can be told from the seed-to-seed spread."""
+    from scipy.stats import ttest_rel
+
+    def top1(name: str, seed_dir: Path, p: int) -> float | None:
+        path = seed_dir / f"{name}_{p}" / "eval.json"
+        return 100 * json.loads(path.read_text())["top1"] if path.exists() else None
+
+    print("\nDASS cell minus each model, paired by seed (points; mean +- sd, paired t-test p):\n")
+    print("| model | " + " | ".join(f"{p}%" for p in sparsities) + " |")
+    print("|---|" + "---|" * len(sparsities))
+    for name in MODELS[1:]:
+        cells = []
+        for p in sparsities:
+            pairs = [(a, b) for d in sorted(out.glob("seed*"))
+                     if (a := top1("dass", d, p)) is not None and (b := top1(name, d, p)) is not None]
+            if len(pairs) < 2:
+                cells.append("-")
+                continue
+            diffs = [a - b for a, b in pairs]
+            test = ttest_rel([a for a, _ in pairs], [b for _, b in pairs])
+            pval = f"{test.pvalue:.2f}" if test.pvalue == test.pvalue else "-"
+            cells.append(f"{statistics.mean(diffs):+.1f} +- {statistics.stdev(diffs):.1f} (p={pval}, n={len(diffs)})")
+        print(f"| {name} | " + " | ".join(cells) + " |")
 
 
 def plot(results: dict[tuple[str, int], list[dict]], sparsities: list[int], out: Path) -> None:
