@@ -27,7 +27,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
-from dass.deploy.compiler import compile_model  # noqa: E402
+from dass.deploy.compiler import CompileOptions, compile_model  # noqa: E402
 from dass.deploy.export import synthetic_model  # noqa: E402
 from dass.deploy.packed import PackedModel  # noqa: E402
 from dass.native import FLAGS, RUNTIME  # noqa: E402
@@ -60,7 +60,8 @@ def build(flags: list[str], out: Path) -> ctypes.CDLL:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--variants", default="head=--source=git:HEAD;new=",
-                    help="name=flags;name=flags (flags separated by spaces; the first variant is the reference)")
+                    help="name=flags;name=flags (compiler flags, --source=FILE|git:REV, opt:FIELD=INT for CompileOptions; "
+                         "the first variant is the reference)")
     ap.add_argument("--networks", default="resnet18,dass")
     ap.add_argument("--sparsities", default="0.9,0.99")
     ap.add_argument("--batches", default="1,64")
@@ -69,10 +70,13 @@ def main() -> None:
     args = ap.parse_args()
     warn_if_busy()
     tmp = Path(tempfile.mkdtemp(prefix="dass-ab-"))
-    variants = {}
+    variants, options = {}, {}
     for i, spec in enumerate(args.variants.split(";")):
         name, _, flags = spec.partition("=")
-        variants[name] = build(flags.split(), tmp / f"v{i}.so")
+        opts = [f for f in flags.split() if f.startswith("opt:")]   # opt:FIELD=VALUE: a CompileOptions field
+        options[name] = CompileOptions(**{k: type(getattr(CompileOptions(), k))(int(v)) for k, v in
+                                          (o[4:].split("=") for o in opts)})
+        variants[name] = build([f for f in flags.split() if f not in opts], tmp / f"v{i}.so")
     images = real_images()
     genotype = Genotype.load(GENOTYPE)
     specs = {"resnet18": dict(name="resnet18"),
@@ -87,10 +91,9 @@ def main() -> None:
         kind = spec.pop("name")
         for sparsity in [float(s) for s in args.sparsities.split(",")]:
             model = synthetic_model(kind, sparsity, (3, 32, 32), calibration=images, **spec)
-            program = compile_model(model, (3, 32, 32))
             engines = {}
             for name, lib in variants.items():
-                engines[name] = PackedModel(program, threads=args.threads)
+                engines[name] = PackedModel(compile_model(model, (3, 32, 32), options[name]), threads=args.threads)
                 engines[name]._lib = lib
             for batch in [int(b) for b in args.batches.split(",")]:
                 x = images[:batch].numpy() if batch <= len(images) else np.resize(images.numpy(), (batch, 3, 32, 32))
