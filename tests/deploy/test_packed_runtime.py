@@ -379,8 +379,8 @@ def test_image_blocks_in_a_network(images):
 
 @pytest.mark.parametrize("unfold", [0, 16, 64, 256])
 def test_unfold_thresholds_agree(unfold, images):
-    """Unfolding the input of small planes (4x4 by default; 8x8 runs 64-pixel rows through the widest tile) is a
-    layout choice: every threshold gives the PyTorch outputs."""
+    """Unfolding the input of small planes (4x4 by default) is a layout choice: every threshold gives the
+    PyTorch outputs."""
     model = synthetic_model("resnet18", 0.9, (3, 32, 32), width=0.125)
     packed = PackedModel(compile_model(model, (3, 32, 32), options=CompileOptions(unfold_max_pixels=unfold)))
     with torch.no_grad():

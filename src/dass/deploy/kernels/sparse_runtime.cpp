@@ -318,10 +318,6 @@ void conv_channel(const float* src, int64_t src_row, const int32_t* taps, const 
                   float bias, float* dst, int64_t dst_row, int64_t wo, int64_t ho, int64_t act, const float* res,
                   int64_t res_row, ImgStride is) {
   int64_t x = 0;
-#if DASS_V16
-  // (unfolded 8x8 planes: one row of 64 pixels per tap, four vectors)
-  for (; x + 64 <= wo; x += 64) conv_rows<64, 1, B>(src, src_row, taps, w, count, bias, dst, dst_row, ho, x, act, res, res_row, is);
-#endif
   for (; x + 32 <= wo; x += 32) conv_rows<32, DASS_R32, B>(src, src_row, taps, w, count, bias, dst, dst_row, ho, x, act, res, res_row, is);
   for (; x + 16 <= wo; x += 16) conv_rows<16, DASS_R16, B>(src, src_row, taps, w, count, bias, dst, dst_row, ho, x, act, res, res_row, is);
   for (; x + 8 <= wo; x += 8) conv_rows<8, 8, B>(src, src_row, taps, w, count, bias, dst, dst_row, ho, x, act, res, res_row, is);
