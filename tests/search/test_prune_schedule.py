@@ -88,3 +88,18 @@ def test_prune_weights_lets_the_weights_train_beside_the_scores(tmp_path, prune_
     records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert [r["phase"] for r in records] == ["prune", "prune"] and "scores" in records[0]["lr"]
     assert ("weights" in records[0]["lr"]) == prune_weights
+
+
+def test_prune_weight_lr_scale_sets_the_weights_lr_of_the_prune_phase(tmp_path):
+    config = make_config("default", sets=TINY + ["search.epochs.warmup=0", "search.epochs.prune=1",
+                                                 "search.epochs.finetune=1", "search.prune_weights=true",
+                                                 "search.prune_weight_lr_scale=0.5", "search.weight_lr=0.04"])
+    run = DassSearch.create(config, str(tmp_path / "run"), progress=False)
+    run.run()
+    records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert records[0]["phase"] == "prune" and records[0]["lr"]["weights"] == pytest.approx(0.02)
+    assert records[1]["phase"] == "finetune" and records[1]["lr"]["weights"] == pytest.approx(0.04)   # only there
+    from dass.errors import DassError
+
+    with pytest.raises(DassError, match="prune_weight_lr_scale must be > 0"):
+        make_config("default", sets=["search.prune_weight_lr_scale=0"])

@@ -45,6 +45,7 @@ class SearchConfig:
                                       # more); mask_scope=global has one threshold instead and ignores it
     prune_ramp: float = 0.0           # > 0: sparsity ramps 0 -> target (cubic) over this fraction of the prune phase
     prune_weights: bool = False       # the weights train beside the scores in the prune phase (HYDRA: scores only)
+    prune_weight_lr_scale: float = 1.0  # with prune_weights: the weights' lr in the prune phase, times weight_lr
     bn_recalibrate: int = 0           # > 0: re-estimate batch-norm statistics on this many training batches before
                                       # each evaluation (stale running averages misjudge a freshly masked supernet)
     kept_rule: str = "round"          # round: round(k*n) weights kept | authors: n - int((1-k)*n), as their code
@@ -95,6 +96,7 @@ class SearchRunConfig(RunOptions):
             (s.budget in BUDGETS, f"search.budget must be one of {', '.join(BUDGETS)}, got {s.budget!r}"),
             (0.0 <= s.prune_ramp <= 1.0, f"search.prune_ramp must be in [0, 1] (a fraction of the prune phase), got "
                                          f"{s.prune_ramp}"),
+            (s.prune_weight_lr_scale > 0, f"search.prune_weight_lr_scale must be > 0, got {s.prune_weight_lr_scale}"),
             (s.bn_recalibrate >= 0, f"search.bn_recalibrate must not be negative, got {s.bn_recalibrate}"),
             (s.kept_rule in KEPT_RULES, f"search.kept_rule must be one of {', '.join(KEPT_RULES)}, got {s.kept_rule!r}"),
             (s.order in (1, 2), f"search.order must be 1 or 2, got {s.order}"),

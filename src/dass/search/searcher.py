@@ -103,8 +103,11 @@ class DassSearch(PhasedRun):
             set_sparsity(self.model, 0.0)
         configure_phase(self.model, plan.phase)
         lower = s
-        if isinstance(plan, MethodPhase) and plan.weight_lr_scale != 1.0:
-            lr = s.weight_lr * plan.weight_lr_scale
+        scale = plan.weight_lr_scale if isinstance(plan, MethodPhase) else 1.0
+        if plan.name == "prune" and plan.phase == Phase.JOINT:
+            scale *= s.prune_weight_lr_scale
+        if scale != 1.0:
+            lr = s.weight_lr * scale
             lower = replace(s, weight_lr=lr, weight_lr_min=min(s.weight_lr_min, lr))
         self.lower = LowerOptimizers(self.model, plan, lower)
         self.method.enter_phase()
