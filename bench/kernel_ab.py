@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import statistics
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +29,9 @@ sys.path.insert(0, str(ROOT / "bench"))
 from dass.deploy.compiler import CompileOptions, compile_model  # noqa: E402
 from dass.deploy.export import synthetic_model  # noqa: E402
 from dass.deploy.packed import PackedModel  # noqa: E402
-from dass.native import FLAGS, RUNTIME  # noqa: E402
+from dass.deploy.native import bind  # noqa: E402
+from dass.deploy.speed import median_times  # noqa: E402
+from dass.native import RUNTIME, compile_source  # noqa: E402
 from dass.runtime.load import warn_if_busy  # noqa: E402
 from dass.space import Genotype  # noqa: E402
 from sparse_runtime import GENOTYPE, real_images  # noqa: E402
@@ -38,23 +39,27 @@ from sparse_runtime import GENOTYPE, real_images  # noqa: E402
 
 def build(flags: list[str], out: Path) -> ctypes.CDLL:
     """Compile the runtime with extra flags; ``--source=FILE`` (or ``--source=git:REV``) builds another version."""
-    source = str(RUNTIME.source)
+    source = RUNTIME.source
     for flag in [f for f in flags if f.startswith("--source=")]:
         flags.remove(flag)
-        source = flag.split("=", 1)[1]
-        if source.startswith("git:"):
+        source = Path(flag.split("=", 1)[1])
+        if str(source).startswith("git:"):
             rel = RUNTIME.source.relative_to(ROOT)
-            text = subprocess.run(["git", "-C", str(ROOT), "show", f"{source[4:]}:{rel}"], check=True,
+            text = subprocess.run(["git", "-C", str(ROOT), "show", f"{str(source)[4:]}:{rel}"], check=True,
                                   capture_output=True, text=True).stdout
-            source = str(out.with_suffix(".cpp"))
-            Path(source).write_text(text)
-    cmd = ["g++", *FLAGS, *flags, f"-I{sysconfig.get_paths()['include']}", source, "-o", str(out)]
-    subprocess.run(cmd, check=True)
-    lib = ctypes.CDLL(str(out))
-    i64, ptr = ctypes.c_int64, ctypes.c_void_p
-    lib.dass_run.argtypes = [ptr, i64, ptr, ptr, ptr, ptr, i64, ctypes.c_int, ptr]
-    lib.dass_run.restype = ctypes.c_int
-    return lib
+            source = out.with_suffix(".cpp")
+            source.write_text(text)
+    return bind(ctypes.CDLL(str(compile_source(source, out, tuple(flags)))))
+
+
+def parse_variant(spec: str) -> tuple[str, list[str], CompileOptions]:
+    """``name=flags``: compiler flags, ``--source=...``, and ``opt:FIELD=INT`` fields of CompileOptions."""
+    name, _, text = spec.partition("=")
+    flags = text.split()
+    fields = dict(f[4:].split("=") for f in flags if f.startswith("opt:"))
+    defaults = CompileOptions()
+    options = CompileOptions(**{k: type(getattr(defaults, k))(int(v)) for k, v in fields.items()})
+    return name, [f for f in flags if not f.startswith("opt:")], options
 
 
 def main() -> None:
@@ -72,11 +77,8 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="dass-ab-"))
     variants, options = {}, {}
     for i, spec in enumerate(args.variants.split(";")):
-        name, _, flags = spec.partition("=")
-        opts = [f for f in flags.split() if f.startswith("opt:")]   # opt:FIELD=VALUE: a CompileOptions field
-        options[name] = CompileOptions(**{k: type(getattr(CompileOptions(), k))(int(v)) for k, v in
-                                          (o[4:].split("=") for o in opts)})
-        variants[name] = build([f for f in flags.split() if f not in opts], tmp / f"v{i}.so")
+        name, flags, options[name] = parse_variant(spec)
+        variants[name] = build(flags, tmp / f"v{i}.so")
     images = real_images()
     genotype = Genotype.load(GENOTYPE)
     specs = {"resnet18": dict(name="resnet18"),
@@ -99,27 +101,15 @@ def main() -> None:
                 x = images[:batch].numpy() if batch <= len(images) else np.resize(images.numpy(), (batch, 3, 32, 32))
                 outs = {n: e(x) for n, e in engines.items()}
                 diff = max(float(np.abs(outs[n] - outs[names[0]]).max()) for n in names)
-                inner = max(1, int(0.2 / max(1e-4, _once(engines[names[0]], x))))
-                times: dict[str, list[float]] = {n: [] for n in names}
-                for r in range(args.rounds):
-                    order = names if r % 2 == 0 else names[::-1]
-                    for n in order:
-                        engines[n](x)
-                        t0 = time.perf_counter()
-                        for _ in range(inner):
-                            engines[n](x)
-                        times[n].append((time.perf_counter() - t0) / inner * 1e3)
-                med = {n: statistics.median(v) for n, v in times.items()}
+                start = time.perf_counter()
+                engines[names[0]](x)
+                inner = max(1, int(0.2 / max(1e-4, time.perf_counter() - start)))
+                warm, _ = median_times([partial(engines[n], x) for n in names], args.rounds, inner, alternate=True)
+                med = {n: 1e3 * t for n, t in zip(names, warm)}
                 print(f"| {net} | {round(sparsity * 100)}% | {batch} | "
                       + " | ".join(f"{med[n]:.2f}" for n in names) + " | "
                       + " | ".join(f"{med[names[0]] / med[n]:.3f}x" for n in names[1:]) + f" | {diff:.1e} |",
                       flush=True)
-
-
-def _once(engine: PackedModel, x: np.ndarray) -> float:
-    t0 = time.perf_counter()
-    engine(x)
-    return time.perf_counter() - t0
 
 
 if __name__ == "__main__":

@@ -21,9 +21,9 @@ import argparse
 import json
 import statistics
 import subprocess
-from collections import Counter
 import sys
 import time
+from collections import Counter
 from functools import partial
 from pathlib import Path
 
@@ -48,6 +48,7 @@ def time_packed(runs: dict[str, Path], rounds: int) -> dict[str, float]:
 
     from dass.deploy.export import export_run
     from dass.deploy.packed import PackedModel
+    from dass.deploy.speed import median_times
 
     models = {}
     for key, run in runs.items():
@@ -56,16 +57,8 @@ def time_packed(runs: dict[str, Path], rounds: int) -> dict[str, float]:
             export_run(run)
         models[key] = PackedModel.load(path, threads=2)
     x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
-    times: dict[str, list[float]] = {k: [] for k in models}
-    for r in range(rounds):
-        for key in (list(models) if r % 2 == 0 else list(models)[::-1]):
-            m = models[key]
-            m(x)
-            t0 = time.perf_counter()
-            for _ in range(50):
-                m(x)
-            times[key].append((time.perf_counter() - t0) / 50 * 1e3)
-    return {k: statistics.median(v) for k, v in times.items()}
+    warm, _ = median_times([partial(m, x) for m in models.values()], rounds, 50, alternate=True)
+    return {k: 1e3 * t for k, t in zip(models, warm)}
 
 
 def main() -> None:

@@ -60,18 +60,24 @@ def _cache_dir() -> Path:
 def _compile_on_demand(k: Kernels) -> Path:
     digest = hashlib.sha256(k.source.read_bytes() + " ".join(FLAGS).encode()).hexdigest()[:16]
     target = _cache_dir() / f"{k.name}-{digest}.so"
-    if target.is_file():
-        return target
+    if not target.is_file():
+        compile_source(k.source, target, purpose=k.purpose)
+    return target
+
+
+def compile_source(source: Path, target: Path, extra_flags: tuple[str, ...] = (), purpose: str = "the kernels") -> Path:
+    """Compile one kernel source into the shared library ``target`` (written atomically) with the build's flags
+    plus ``extra_flags`` (``bench/kernel_ab.py`` builds variants this way)."""
     compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
     if compiler is None:
-        raise DassError(f"{k.purpose} need compiled kernels: reinstall dass with a C++ compiler available "
+        raise DassError(f"{purpose} need compiled kernels: reinstall dass with a C++ compiler available "
                         "(pip install -e .), or install g++")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(f".{os.getpid()}.tmp")
-    cmd = [compiler, *FLAGS, f"-I{sysconfig.get_paths()['include']}", str(k.source), "-o", str(tmp)]
+    cmd = [compiler, *FLAGS, *extra_flags, f"-I{sysconfig.get_paths()['include']}", str(source), "-o", str(tmp)]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
-        raise DassError(f"compiling {k.purpose} failed ({' '.join(cmd)}):\n{done.stderr[-2000:]}")
+        raise DassError(f"compiling {purpose} failed ({' '.join(cmd)}):\n{done.stderr[-2000:]}")
     os.replace(tmp, target)
     return target
 

@@ -355,6 +355,12 @@ def test_pools_as_the_whole_model_and_with_positional_arguments(module, images):
     assert _check(module.eval(), images[:2]) < TOL
 
 
+def _assert_batch_matches_single_images(model: nn.Module, x: np.ndarray) -> None:
+    packed = PackedModel(compile_model(model, tuple(x.shape[1:])))
+    alone = np.concatenate([packed(x[i:i + 1]) for i in range(len(x))])
+    assert np.abs(packed(x) - alone).max() < 1e-5
+
+
 @pytest.mark.parametrize("name", sorted(CONVS))
 def test_image_blocks_match_single_images(name, images):
     """At batch > 1 the kernels compute blocks of images together (an odd batch ends with a single image):
@@ -362,19 +368,13 @@ def test_image_blocks_match_single_images(name, images):
     model = _prune(Single(*CONVS[name], act="relu" if "s2" in name else "pre"), 0.9)
     calibrate_batchnorm(model, images)
     model.eval()
-    packed = PackedModel(compile_model(model, (3, 32, 32)))
-    x = images[:5].numpy()
-    alone = np.concatenate([packed(x[i:i + 1]) for i in range(5)])
-    assert np.abs(packed(x) - alone).max() < 1e-5
+    _assert_batch_matches_single_images(model, images[:5].numpy())
 
 
 def test_image_blocks_in_a_network(images):
     """The same through a ResNet (padded outputs, fused residuals, unfolded 4x4 layers with 16-bit taps)."""
     model = synthetic_model("resnet18", 0.9, (3, 32, 32), width=0.25)
-    packed = PackedModel(compile_model(model, (3, 32, 32)))
-    x = images[:5].numpy()
-    alone = np.concatenate([packed(x[i:i + 1]) for i in range(5)])
-    assert np.abs(packed(x) - alone).max() < 1e-5
+    _assert_batch_matches_single_images(model, images[:5].numpy())
 
 
 @pytest.mark.parametrize("unfold", [0, 16, 64, 256])

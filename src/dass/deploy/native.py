@@ -25,6 +25,11 @@ def library() -> ctypes.CDLL:
     if differ:
         raise DassError(f"the packed runtime at {library_path(RUNTIME)} was built with other {', '.join(differ)} "
                         f"codes than this version of dass uses; {_REBUILD}")
+    return bind(lib)
+
+
+def bind(lib: ctypes.CDLL) -> ctypes.CDLL:
+    """Declare the runtime's entry points on a loaded build of it."""
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     lib.dass_run.argtypes = [ptr, i64, ptr, ptr, ptr, ptr, i64, ctypes.c_int, ptr]
     lib.dass_run.restype = ctypes.c_int

@@ -85,12 +85,15 @@ class SpeedReport:
         return "\n".join(lines)
 
 
-def _median_times(fns: list, rounds: int, inner: int) -> tuple[list[float], list[float]]:
+def median_times(fns: list, rounds: int, inner: int, alternate: bool = False) -> tuple[list[float], list[float]]:
     """Per function: median seconds per call over rounds of ``inner`` back-to-back calls, and the median of
-    each round's first (cold) call, timed apart."""
+    each round's first (cold) call, timed apart. ``alternate``: every other round runs the functions in reverse
+    order, so that none always runs right after the same one."""
     warm, cold = [[] for _ in fns], [[] for _ in fns]
-    for _ in range(rounds):
-        for i, fn in enumerate(fns):
+    for r in range(rounds):
+        order = list(range(len(fns)))
+        for i in (order[::-1] if alternate and r % 2 else order):
+            fn = fns[i]
             t0 = time.perf_counter()
             fn()
             t1 = time.perf_counter()
@@ -184,7 +187,7 @@ def _measure(dense: nn.Module, packed: PackedModel, input_shape: tuple[int, int,
         t0 = time.perf_counter()
         dense(x)
         inner = max(1, int(min_seconds / max(time.perf_counter() - t0, 1e-6)))
-        warm, cold = _median_times(engines, rounds, inner)
+        warm, cold = median_times(engines, rounds, inner)
         result = SpeedResult(batch, 1e3 * warm[0], 1e3 * warm[1], diff, 1e3 * cold[0], 1e3 * cold[1])
         if ort is not None:
             result.ort_ms, result.ort_cold_ms = 1e3 * warm[2], 1e3 * cold[2]
