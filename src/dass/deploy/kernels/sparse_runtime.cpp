@@ -99,6 +99,14 @@ typedef float v8u __attribute__((vector_size(32), aligned(4)));  // unaligned lo
 typedef float v4f __attribute__((vector_size(16)));
 typedef float v4u __attribute__((vector_size(16), aligned(4)));
 
+// The output activation on a vector (the same values as act_apply per lane).
+template <typename VT>
+inline VT act_vec(VT v, int64_t act) {
+  if (act == ACT_RELU) return v > 0.f ? v : VT{};
+  if (act == ACT_RELU6) return v < 0.f ? VT{} : (v > 6.f ? VT{} + 6.f : v);
+  return v;
+}
+
 template <typename VT> struct Unaligned;
 template <> struct Unaligned<v8f> { typedef v8u type; };
 template <> struct Unaligned<v4f> { typedef v4u type; };
@@ -172,23 +180,19 @@ inline void conv_tile(const float* __restrict src, int64_t src_row, const int32_
         for (int v = 0; v < V; ++v)
           acc[0][b][r][v] += wj * *reinterpret_cast<const VU*>(p + b * is.src + r * src_row + v * L);
   }
+  // the stores straight from the registers (through a stack copy and a scalar loop, they cost more than the
+  // arithmetic of the 1-3 taps an output channel keeps at high sparsity)
+#pragma GCC unroll 16
   for (int b = 0; b < B; ++b)
-    for (int r = 0; r < R; ++r) {
-      VT sum[V];
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 16
       for (int v = 0; v < V; ++v) {
-        sum[v] = acc[0][b][r][v];
-        for (int u = 1; u < U; ++u) sum[v] += acc[u][b][r][v];
+        VT sum = acc[0][b][r][v];
+        for (int u = 1; u < U; ++u) sum += acc[u][b][r][v];
+        if (res) sum += *reinterpret_cast<const VU*>(res + b * is.res + r * res_row + v * L);
+        *reinterpret_cast<VU*>(dst + b * is.dst + r * dst_row + v * L) = act_vec(sum, act);
       }
-      float tmp[V * L];
-      std::memcpy(tmp, sum, sizeof(tmp));
-      float* d = dst + b * is.dst + r * dst_row;
-      if (res) {
-        const float* q = res + b * is.res + r * res_row;
-        for (int t = 0; t < V * L; ++t) d[t] = act_apply(tmp[t] + q[t], act);
-      } else {
-        for (int t = 0; t < V * L; ++t) d[t] = act_apply(tmp[t], act);
-      }
-    }
 }
 
 // Scalar tile for the narrow remainders (planes 2 or 1 pixel wide).
@@ -295,18 +299,15 @@ inline void conv_rows16(const float* __restrict src, const uint16_t* __restrict 
 #pragma GCC unroll 2
       for (int v = 0; v < V; ++v) a[0][b][v] += w[j] * *reinterpret_cast<const VU*>(p + b * is.src + v * L);
   }
-  for (int b = 0; b < B; ++b) {
-    VT sum[V];
+#pragma GCC unroll 16
+  for (int b = 0; b < B; ++b)
+#pragma GCC unroll 2
     for (int v = 0; v < V; ++v) {
-      sum[v] = a[0][b][v];
-      for (int u = 1; u < U; ++u) sum[v] += a[u][b][v];
+      VT sum = a[0][b][v];
+      for (int u = 1; u < U; ++u) sum += a[u][b][v];
+      if (res) sum += *reinterpret_cast<const VU*>(res + b * is.res + v * L);
+      *reinterpret_cast<VU*>(dst + b * is.dst + v * L) = act_vec(sum, act);
     }
-    float tmp[16];
-    std::memcpy(tmp, sum, sizeof(tmp));
-    float* d = dst + b * is.dst;
-    const float* q = res ? res + b * is.res : nullptr;
-    for (int t = 0; t < 16; ++t) d[t] = act_apply(tmp[t] + (q ? q[t] : 0.f), act);
-  }
 }
 
 // All output pixels of one output channel (of B images): the row is cut into tiles of 32/16/8/4/2/1 columns,
