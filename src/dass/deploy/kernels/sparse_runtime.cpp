@@ -319,6 +319,12 @@ void conv_channel(const float* src, int64_t src_row, const int32_t* taps, const 
                   float bias, float* dst, int64_t dst_row, int64_t wo, int64_t ho, int64_t act, const float* res,
                   int64_t res_row, ImgStride is) {
   int64_t x = 0;
+  if (ho == 1) {   // one long row (a plane read flat): 8 or 4 vectors per tap, one weight load for all
+    for (; x + 128 <= wo; x += 128)
+      tile<128, 1, B>(src + x, src_row, taps, w, count, bias, dst + x, dst_row, act, res ? res + x : nullptr, res_row, is);
+    for (; x + 64 <= wo; x += 64)
+      tile<64, 1, B>(src + x, src_row, taps, w, count, bias, dst + x, dst_row, act, res ? res + x : nullptr, res_row, is);
+  }
   for (; x + 32 <= wo; x += 32) conv_rows<32, DASS_R32, B>(src, src_row, taps, w, count, bias, dst, dst_row, ho, x, act, res, res_row, is);
   for (; x + 16 <= wo; x += 16) conv_rows<16, DASS_R16, B>(src, src_row, taps, w, count, bias, dst, dst_row, ho, x, act, res, res_row, is);
   for (; x + 8 <= wo; x += 8) conv_rows<8, 8, B>(src, src_row, taps, w, count, bias, dst, dst_row, ho, x, act, res, res_row, is);
@@ -328,11 +334,19 @@ void conv_channel(const float* src, int64_t src_row, const int32_t* taps, const 
 }
 
 // The zero border of one output plane stored padded by p (hp x wp floats in all).
+// The right border of a row and the left border of the next one are 2p contiguous floats: one masked store
+// each (the scalar stores of the border cost more than the 1-3 taps of a sparse output channel).
 void zero_border(float* plane, int64_t hp, int64_t wp, int64_t p) {
-  for (int64_t i = 0; i < p * wp; ++i) plane[i] = 0.f;
-  for (int64_t y = p; y < hp - p; ++y)
-    for (int64_t x = 0; x < p; ++x) plane[y * wp + x] = plane[y * wp + wp - 1 - x] = 0.f;
-  for (int64_t i = (hp - p) * wp; i < hp * wp; ++i) plane[i] = 0.f;
+  std::fill(plane, plane + p * wp + p, 0.f);
+  const int64_t gap = 2 * p;
+  if (gap <= 8) {
+    const __m256i keep = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(gap)),
+                                            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    for (int64_t y = p; y < hp - p - 1; ++y) _mm256_maskstore_ps(plane + y * wp + wp - p, keep, _mm256_setzero_ps());
+  } else {
+    for (int64_t y = p; y < hp - p - 1; ++y) std::fill(plane + y * wp + wp - p, plane + y * wp + wp + p, 0.f);
+  }
+  std::fill(plane + (hp - p) * wp - p, plane + hp * wp, 0.f);
 }
 
 // Zero-padded, phase-split copy of one input channel: plane (a, b) holds padded pixels (q*s + a, r*s + b),
@@ -589,9 +603,16 @@ void run_conv(const int64_t* f, const Ctx& c, Counter* next) {
   const int64_t ktaps = f[F_KTAPS], groups = f[F_GROUPS], cout_g = co / groups;
   const int64_t cin_plane = plane;
   // an unfolded input is one row of ho*wo pixels per tap; a padded plane is read in 2-D tiles
-  const int64_t row = im2col ? ho * wo : wq, tile_w = im2col ? ho * wo : wo, tile_h = im2col ? 1 : ho;
   const float* res = f[F_Y] >= 0 ? c.at(f, F_Y, F_Y_AT) : nullptr;   // a fused residual addition
   const int64_t res_img = f[F_Y_IMG];
+  // An unfolded input is one row of ho*wo pixels per tap. So is a plane whose rows are as long as the output's
+  // when neither the output nor the residual is stored padded (pointwise convs, or stride-2 ones on a phase
+  // plane): each tap reads the whole plane as one contiguous row. Other planes are read in 2-D tiles.
+#ifndef DASS_FLAT
+#define DASS_FLAT 1
+#endif
+  const bool flat = im2col || (DASS_FLAT && wq == wo && f[F_OUT_PAD] == 0 && (!res || f[F_Y_PAD] == 0));
+  const int64_t row = flat ? ho * wo : wq, tile_w = flat ? ho * wo : wo, tile_h = flat ? 1 : ho;
   // Outputs (and residuals) stored padded: planes of (ho + 2p) x (wo + 2p) with a zero border, which the
   // consuming stride-1 convs read in place instead of making a padded copy (no copy, no barrier after it).
   const int64_t opad = f[F_OUT_PAD], yp = f[F_Y_PAD];
@@ -795,15 +816,23 @@ void run_shift(const int64_t* f, const Ctx& c, Counter* next) {
   const int64_t dy = f[F_AUX], dx = f[F_AUX2];
   const float* x = c.at(f, F_X, F_X_AT);
   float* out = c.at(f, F_OUT, F_OUT_AT);
+  // output columns [x0, x1) read inside the input row; the rest is zero
+  const int64_t x0 = std::min(wo, std::max<int64_t>(0, -dx)), x1 = std::max(x0, std::min(wo, wd - dx));
   share_equally(next, n * ch, [&](int64_t idx) {
     const int64_t i = idx / ch, cc = idx % ch;
     const float* in = x + i * f[F_X_IMG] + cc * h * wd;
     float* dst = out + i * f[F_OUT_IMG] + cc * ho * wo;
-    for (int64_t y = 0; y < ho; ++y)
-      for (int64_t xo = 0; xo < wo; ++xo) {
-        const int64_t yy = y + dy, xx = xo + dx;
-        dst[y * wo + xo] = (yy < 0 || yy >= h || xx < 0 || xx >= wd) ? 0.f : in[yy * wd + xx];
+    for (int64_t y = 0; y < ho; ++y) {
+      float* row = dst + y * wo;
+      const int64_t yy = y + dy;
+      if (yy < 0 || yy >= h) {
+        std::fill(row, row + wo, 0.f);
+        continue;
       }
+      std::fill(row, row + x0, 0.f);
+      std::copy(in + yy * wd + x0 + dx, in + yy * wd + x1 + dx, row + x0);
+      std::fill(row + x1, row + wo, 0.f);
+    }
   });
 }
 
