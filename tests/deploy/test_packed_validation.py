@@ -36,7 +36,8 @@ class Everything(nn.Module):
     """Every op and conv variant of the format: convs reading their input copied (stride 1, 2, 3), in place
     from a padded value, or from an earlier conv's copy; unfolded convs (shared and per-thread copies, 16-bit
     taps, dense); dense grouped and dilated; a fused residual read padded; pools of each kind; a zero op and a
-    pool written into their slices of a concatenation; channel copies; a BN left as an affine op; crops and pads;
+    pool written into their slices of a concatenation; depthwise convs copying each channel as they go (sparse
+    and dense); channel copies; a BN left as an affine op; crops and pads;
     standalone activation and additions; global pooling and a linear layer."""
 
     def __init__(self):
@@ -54,7 +55,9 @@ class Everything(nn.Module):
         self.max = nn.MaxPool2d(3, 2, 1)
         self.avg = nn.AvgPool2d(3, 1, 1, count_include_pad=False)
         self.avg_pad = nn.AvgPool2d(3, 1, 1)
-        self.fc = SparseLinear(36 + 4 + 6 + 6, 5)
+        self.dw = SparseConv2d(12, 12, 3, padding=1, groups=12)
+        self.dw_dense = nn.Conv2d(12, 12, 3, padding=2, dilation=2, groups=12)
+        self.fc = SparseLinear(36 + 4 + 6 + 6 + 12, 5)
 
     def forward(self, x):
         h = F.relu(self.stem(x))
@@ -66,7 +69,8 @@ class Everything(nn.Module):
         z = F.relu6(self.bn(torch.cat([self.tiny(sm), m, m * 0.0], dim=1)))
         p = self.avg(z) + self.avg_pad(z)
         q = F.pad(self.s3(y), (0, 1, 0, 1))[:, :, 1:, 1:]
-        parts = [p, F.relu(q) + q, self.tiny_dense(sm), torch.cat([x, x], dim=1)]
+        e = self.dw_dense(F.relu(self.dw(F.relu(a))))
+        parts = [p, F.relu(q) + q, self.tiny_dense(sm), torch.cat([x, x], dim=1), e]
         return self.fc(torch.cat([F.adaptive_avg_pool2d(t, 1) for t in parts], 1).flatten(1))
 
 

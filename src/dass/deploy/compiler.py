@@ -42,6 +42,7 @@ class CompileOptions:
     pad_values: bool = True       # conv outputs read only by convs are stored padded (no copy in the readers)
     share_copies: bool = True     # a conv reads the padded copy the previous one made of the same input
     private_unfold: bool = True   # stride-1 convs on small planes unfold into per-thread copies
+    private_depthwise: bool = True  # depthwise convs copy each channel's padded plane just before using it
 
 
 def _shape(node: torch.fx.Node) -> tuple[int, ...]:
@@ -562,6 +563,13 @@ def _copy_geometry(op: IROp, x: Value, out: Value, options: CompileOptions) -> t
     return max(-(-(h + 2 * pad) // s), out.shape[1] + reach), max(-(-(wd + 2 * pad) // s), out.shape[2] + reach)
 
 
+def _per_channel_copy(op: IROp, x: Value, out: Value, options: CompileOptions) -> bool:
+    """A depthwise conv that makes a padded copy makes it channel by channel, in each thread's own scratch, right
+    before the channel's taps read it (no copy phase and no barrier after it; the plane is still in L1)."""
+    return (options.private_depthwise and op.params["groups"] == x.shape[0] == out.shape[0] > 1
+            and not op.params.get("linear") and _copy_geometry(op, x, out, options) is not None)
+
+
 def _share_padded_copies(g: _Graph, options: CompileOptions) -> None:
     """Let a conv read the padded copy that the previous copying conv made of the same input, when its taps
     fall inside it: a ResNet downsampling block's 1x1 shortcut reads the copy of its 3x3 conv (a copy with
@@ -572,9 +580,9 @@ def _share_padded_copies(g: _Graph, options: CompileOptions) -> None:
             continue
         x, out = g.io(op)
         geometry = _copy_geometry(op, x, out, options)
-        if geometry is None:
-            if _unfolds(op, x, out, options):
-                last = None   # its unfolded copy overwrites the buffer
+        if geometry is None or _per_channel_copy(op, x, out, options):
+            if geometry is not None or _unfolds(op, x, out, options):
+                last = None   # its copy (unfolded, or per channel) overwrites the buffer
             continue
         shift = _shift_into_copy(last, op, out) if last is not None else None
         if shift is None:
@@ -708,7 +716,8 @@ def _input_layout(op: IROp, x: Value, out: Value, options: CompileOptions) -> _I
     if "copy_of" in p:
         (hq, wq, shift), scratch = p["copy_of"], Scratch.EARLIER_COPY
     elif geometry is not None:
-        (hq, wq), shift, scratch = geometry, 0, Scratch.OWN_COPY
+        (hq, wq), shift = geometry, 0
+        scratch = Scratch.PER_CHANNEL if _per_channel_copy(op, x, out, options) else Scratch.OWN_COPY
     else:   # already padded by its producer, or no padding
         hq, wq, shift, scratch = x.shape[1] + 2 * x.pad, x.shape[2] + 2 * x.pad, 0, Scratch.IN_PLACE
     ky, kx = ky * d + shift, kx * d + shift   # padded rows and columns, in the copy's padding
@@ -730,7 +739,8 @@ def _weight_fields(op: IROp, table: np.ndarray, layout: _InputLayout, out: Value
     if _density(op) >= options.dense_threshold:
         return dict(DENSE=1, KTAPS=table.size, WEIGHT=pools.f(flat), TAPS=pools.i(table), ROWPTR=0)
     rows, cols = np.nonzero(flat)
-    group_base = (rows // (co // groups)) * cin_g * layout.plane
+    # (a per-channel copy holds the group's one plane: its taps start there)
+    group_base = 0 if layout.scratch is Scratch.PER_CHANNEL else (rows // (co // groups)) * cin_g * layout.plane
     rowptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=co))])
     offsets = table[cols] + group_base
     rows16 = (options.rows16 and layout.im2col and out.shape[1] * out.shape[2] == 16 and offsets.size > 0
@@ -794,7 +804,8 @@ def _conv_fields(op: IROp, x: Value, y: Value | None, out: Value, pools: _Pools,
     fields.update(_weight_fields(op, table, layout, out, pools, options))
     used, phases = _copied_channels(op, bool(fields["DENSE"]), x.shape[0], options)
     fields.update(CHANNELS=pools.i(used), NCHANNELS=used.size, PHASES=phases)
-    scratch = x.shape[0] * layout.plane if layout.scratch is not Scratch.IN_PLACE else 0
+    planes = 1 if layout.scratch is Scratch.PER_CHANNEL else x.shape[0]
+    scratch = planes * layout.plane if layout.scratch is not Scratch.IN_PLACE else 0
     return fields, scratch, int(np.count_nonzero(w)) * out.shape[1] * out.shape[2]
 
 
@@ -859,7 +870,7 @@ class _Emitter:
         x, y = values[op.inputs[0]], values[op.inputs[1]] if len(op.inputs) > 1 else None
         if op.kind == "conv":
             fields, need, macs = _conv_fields(op, x, y, out, self.pools, self.options)
-            if fields["SCRATCH"] == Scratch.PER_THREAD:
+            if fields["SCRATCH"] in (Scratch.PER_THREAD, Scratch.PER_CHANNEL):
                 self.private = max(self.private, need)
             else:
                 self.scratch = max(self.scratch, need)

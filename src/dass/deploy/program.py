@@ -45,6 +45,8 @@ class Scratch(IntEnum):
     OWN_COPY = 1      # a padded / unfolded copy it makes, shared by the threads
     EARLIER_COPY = 2  # the padded copy an earlier conv made of the same input
     PER_THREAD = 3    # an unfolded copy in each thread's own scratch (the runtime shares one at batch > 1)
+    PER_CHANNEL = 4   # depthwise: each thread copies a channel's padded plane into its own scratch just before
+                      # computing it (taps address one plane)
 
 
 class PoolKind(IntEnum):

@@ -39,8 +39,8 @@ MAX_THREADS = 1024
 MAX_THREAD_BYTES = 2**30   # what one call of the runtime allocates for its threads (see thread_bytes)
 
 
-_IN_PLACE, _OWN_COPY, _EARLIER_COPY, _PER_THREAD = (int(m) for m in (
-    Scratch.IN_PLACE, Scratch.OWN_COPY, Scratch.EARLIER_COPY, Scratch.PER_THREAD))
+_IN_PLACE, _OWN_COPY, _EARLIER_COPY, _PER_THREAD, _PER_CHANNEL = (int(m) for m in (
+    Scratch.IN_PLACE, Scratch.OWN_COPY, Scratch.EARLIER_COPY, Scratch.PER_THREAD, Scratch.PER_CHANNEL))
 _ADD, _AFFINE = int(Op.ADD), int(Op.AFFINE)
 _FIELD = {f.name: int(f) for f in Field}
 
@@ -358,7 +358,7 @@ class _Convs:
         self.im2col, self.dense = raw("IM2COL") != 0, raw("DENSE") != 0
         self.rows16 = (raw("ROWS16") != 0) & ~self.dense   # (the dense layout comes first)
         self.has_y, self.has_bias = raw("Y") >= 0, raw("BIAS") >= 0
-        self.copying = (self.mode == _OWN_COPY) | (self.mode == _PER_THREAD)
+        self.copying = (self.mode == _OWN_COPY) | (self.mode == _PER_THREAD) | (self.mode == _PER_CHANNEL)
         variants = {"planes": ~self.im2col, "residual": self.has_y, "bias": self.has_bias, "copy": self.copying,
                     "in_place": self.mode == _IN_PLACE, "dense": self.dense, "sparse": ~self.dense}
         self.variants = np.stack([variants[key] for key in _CONV_READS], axis=1).reshape(rows.size, len(_CONV_READS))
@@ -384,8 +384,12 @@ class _Convs:
         pix = ho * wo
         plane = np.where(im2col, k * k * pix, np.where(in_place, 1, s * s) * hq * wq)
         ext = np.where(im2col, pix, (ho - 1) * wq + wo)
-        src = c * plane   # floats per image the taps may read
-        t.extent(rows, src, "C", "the input the taps read")
+        # floats per image the taps may read (PER_CHANNEL: depthwise, each channel's copy is its own one plane)
+        per_channel = mode == _PER_CHANNEL
+        t.need(rows, ~per_channel | ((groups == c) & (co == c) & flat), "SCRATCH", "a per-channel copy needs a "
+               "depthwise conv (GROUPS = C = CO) on padded planes")
+        src = np.where(per_channel, 1, c) * plane
+        t.extent(rows, c * plane, "C", "the input the taps read")
         # an unfolded output (and its residual) is one row of HO*WO floats per channel: never stored padded
         t.need(rows, flat | (opad == 0), "OUT_PAD", "an unfolded conv's output cannot be stored padded")
         t.need(rows, ~y | flat | (yp == 0), "Y_PAD", "an unfolded conv's residual cannot be stored padded")
@@ -423,16 +427,17 @@ class _Convs:
         t.need(rows, h + pad <= hq * s, "HQ", "the padded copy has fewer rows than PAD + H", phases)
         t.need(rows, w + pad <= wq * s, "WQ", "the padded copy has fewer columns than PAD + W", phases)
         # the scratch: one shared copy of C planes per image, or (PER_THREAD, batch 1) one per thread
-        t.need(rows, (mode != _PER_THREAD) | (src <= t.private), "SCRATCH", lambda j: f"the per-thread "
+        private = (mode == _PER_THREAD) | per_channel
+        t.need(rows, ~private | (src <= t.private), "SCRATCH", lambda j: f"the per-thread "
                f"copy needs {src[j]:.0f} floats per image, private_scratch_size is {t.private}")
-        t.need(rows, in_place | (mode == _PER_THREAD) | (src <= t.scratch), "SCRATCH", lambda j: f"the "
+        t.need(rows, in_place | private | (src <= t.scratch), "SCRATCH", lambda j: f"the "
                f"copy needs {src[j]:.0f} floats per image, scratch_size is {t.scratch}")
         # weights and taps: dense (KTAPS shared taps, CO x KTAPS weights) or CSR rows
         t.pool_range(rows, "TAPS", ktaps, "ipool", dense)
         t.pool_range(rows, "WEIGHT", co * ktaps, "fpool", dense)
         t.pool_range(rows, "ROWPTR", co + 1, "ipool", ~dense)
         # the largest tap each conv may hold: its tile (ext) and, dense, its last group's planes stay in src
-        self.top = src - ext - np.where(dense, (groups - 1) * (c / groups) * plane, 0.0)
+        self.top = src - ext - np.where(dense & ~per_channel, (groups - 1) * (c / groups) * plane, 0.0)
         self.src, self.c, self.co = src, c, co
 
 

@@ -39,7 +39,7 @@ namespace {
   M(SHIFT, 8) M(ZERO, 9)
 #define DASS_ACTS(M) M(NONE, 0) M(RELU, 1) M(RELU6, 2)
 // Where a conv reads its input (F_SCRATCH), see run_conv.
-#define DASS_SCRATCH(M) M(IN_PLACE, 0) M(OWN_COPY, 1) M(EARLIER_COPY, 2) M(PER_THREAD, 3)
+#define DASS_SCRATCH(M) M(IN_PLACE, 0) M(OWN_COPY, 1) M(EARLIER_COPY, 2) M(PER_THREAD, 3) M(PER_CHANNEL, 4)
 // F_AUX of a pool: max, average over the window's pixels inside the plane, average counting the padding.
 #define DASS_POOLS(M) M(MAX, 0) M(AVG_INSIDE, 1) M(AVG_PADDED, 2)
 // Instruction fields (int64 each).
@@ -571,8 +571,13 @@ void run_conv(const int64_t* f, const Ctx& c, Counter* next) {
   // each thread's own (the 4x4 planes at batch 1: no barrier after it, no reads of what the other core wrote:
   // 6-10% faster layers; a batch shares one copy, each thread would otherwise unfold the images the other one
   // computes)
+  // PER_CHANNEL (depthwise convs): each output channel reads its own input channel only, so each thread copies
+  // the channel's planes of the images it computes into its own scratch right before computing them: no copy
+  // phase, no barrier after it, and the copy is still in L1 when the taps read it. Its taps address one plane.
   const int64_t mode = f[F_SCRATCH] == SCRATCH_PER_THREAD && n > 1 ? SCRATCH_OWN_COPY : f[F_SCRATCH];
-  float* const scratch = mode == SCRATCH_PER_THREAD ? c.scratch + omp_get_thread_num() * n * cin * plane : c.scratch;
+  const bool per_channel = mode == SCRATCH_PER_CHANNEL;
+  float* const scratch = mode == SCRATCH_PER_THREAD ? c.scratch + omp_get_thread_num() * n * cin * plane
+                         : per_channel ? c.scratch + omp_get_thread_num() * n * plane : c.scratch;
   const int32_t* used = c.ipool + f[F_CHANNELS];
   const int64_t nused = f[F_NCHANNELS];
   auto copy_plane = [&](int64_t i, int64_t ch) {   // image i, input channel ch into the copy
@@ -593,7 +598,7 @@ void run_conv(const int64_t* f, const Ctx& c, Counter* next) {
   }
   if (mode != SCRATCH_IN_PLACE) {
     src = scratch;
-    src_img = cin * plane;
+    src_img = (per_channel ? 1 : cin) * plane;
   }
   const float* bias = f[F_BIAS] >= 0 ? c.fpool + f[F_BIAS] : nullptr;
   const float* weight = c.fpool + f[F_WEIGHT];
@@ -648,6 +653,13 @@ void run_conv(const int64_t* f, const Ctx& c, Counter* next) {
   auto run_images = [&](auto imgs, int64_t i, int64_t o) {   // images i .. i + imgs - 1, output channel o
     constexpr int B = decltype(imgs)::value;
     const float* base = src + i * src_img;
+    if (per_channel) {   // (a sparse channel without taps reads nothing: its output is the bias)
+      base = src;
+      if (dense || rowptr[o + 1] > rowptr[o])
+        for (int k = 0; k < B; ++k)
+          build_phases(x + (i + k) * x_img + o * h * wd, h, wd, f[F_PAD], s, hq, wq, f[F_IN_ACT], f[F_PHASES],
+                       scratch + k * plane);
+    }
     const float b = bias ? bias[o] : 0.f;
     float* dst = out + i * out_img + o * out_plane;
     const float* r = res ? res + i * res_img + o * res_plane + yp * res_row + yp : nullptr;
@@ -657,7 +669,7 @@ void run_conv(const int64_t* f, const Ctx& c, Counter* next) {
     }
     if (dense) {
       const int64_t g = o / cout_g;
-      conv_channel<B>(base + g * (cin / groups) * cin_plane, row, taps, weight + o * ktaps, ktaps, b, dst,
+      conv_channel<B>(base + (per_channel ? 0 : g * (cin / groups) * cin_plane), row, taps, weight + o * ktaps, ktaps, b, dst,
                       out_row, tile_w, tile_h, f[F_ACT], r, res_row, is);
     } else if (f[F_ROWS16]) {
       const int64_t lo = rowptr[o], hi = rowptr[o + 1];
