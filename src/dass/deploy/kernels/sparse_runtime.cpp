@@ -349,29 +349,66 @@ void zero_border(float* plane, int64_t hp, int64_t wp, int64_t p) {
   std::fill(plane + (hp - p) * wp - p, plane + hp * wp, 0.f);
 }
 
-// Zero-padded, phase-split copy of one input channel: plane (a, b) holds padded pixels (q*s + a, r*s + b),
-// so a strided tap reads a contiguous run. The input activation is applied on the way.
+// Rows [q0, q1) of the zero-padded copy (wq floats a row, the input at column pad) of one input channel, the
+// input activation applied on the way: stride-1 convs, or a band of their output rows.
 // (Plain loops, kept loops: GCC would make memset/memcpy calls of the 1-2 float pads and the short rows, and
 // those calls were most of the copy's time.)
+__attribute__((optimize("no-tree-loop-distribute-patterns")))
+void pad_rows(const float* in, int64_t h, int64_t wd, int64_t pad, int64_t wq, int64_t in_act, int64_t q0,
+              int64_t q1, float* out) {
+#if DASS_V16
+  // 16 columns at a time: masked loads give the zero padding (and never touch memory outside the row), a
+  // masked store ends the row
+  const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m512 zero = _mm512_setzero_ps(), six = _mm512_set1_ps(6.f);
+  for (int64_t q = q0; q < q1; ++q) {
+    float* row = out + q * wq;
+    const int64_t y = q - pad;
+    const bool inside = y >= 0 && y < h;
+    const float* src = in + y * wd - pad;   // src[c]: padded column c, valid for pad <= c < pad + wd
+    for (int64_t x = 0; x < wq; x += 16) {
+      const __m512i col = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(x)), lane);
+      const __mmask16 keep = _mm512_cmplt_epi32_mask(col, _mm512_set1_epi32(static_cast<int>(wq)));
+      __m512 v = zero;
+      if (inside) {
+        const __mmask16 valid = keep & _mm512_cmpge_epi32_mask(col, _mm512_set1_epi32(static_cast<int>(pad))) &
+                                _mm512_cmplt_epi32_mask(col, _mm512_set1_epi32(static_cast<int>(pad + wd)));
+        v = _mm512_maskz_loadu_ps(valid, src + x);
+        if (in_act == ACT_RELU) v = _mm512_max_ps(v, zero);
+        else if (in_act == ACT_RELU6) v = _mm512_min_ps(_mm512_max_ps(v, zero), six);
+      }
+      _mm512_mask_storeu_ps(row + x, keep, v);
+    }
+  }
+#else
+  for (int64_t q = q0; q < q1; ++q) {
+    float* row = out + q * wq;
+    const int64_t y = q - pad;
+    if (y < 0 || y >= h) {
+      for (int64_t x = 0; x < wq; ++x) row[x] = 0.f;
+      continue;
+    }
+    const float* src = in + y * wd;
+    for (int64_t x = 0; x < pad; ++x) row[x] = 0.f;
+    if (in_act == ACT_NONE) {
+      for (int64_t x = 0; x < wd; ++x) row[pad + x] = src[x];
+    } else if (in_act == ACT_RELU) {
+      for (int64_t x = 0; x < wd; ++x) row[pad + x] = src[x] > 0.f ? src[x] : 0.f;
+    } else {
+      for (int64_t x = 0; x < wd; ++x) row[pad + x] = act_apply(src[x], in_act);
+    }
+    for (int64_t x = pad + wd; x < wq; ++x) row[x] = 0.f;
+  }
+#endif
+}
+
+// Zero-padded, phase-split copy of one input channel: plane (a, b) holds padded pixels (q*s + a, r*s + b),
+// so a strided tap reads a contiguous run. The input activation is applied on the way.
 __attribute__((optimize("no-tree-loop-distribute-patterns")))
 void build_phases(const float* in, int64_t h, int64_t wd, int64_t pad, int64_t s, int64_t hq, int64_t wq,
                   int64_t in_act, int64_t phases, float* out) {
   if (s == 1) {
-    for (int64_t i = 0; i < pad * wq; ++i) out[i] = 0.f;
-    for (int64_t y = 0; y < h; ++y) {
-      float* row = out + (y + pad) * wq;
-      const float* src = in + y * wd;
-      for (int64_t x = 0; x < pad; ++x) row[x] = 0.f;
-      if (in_act == ACT_NONE) {
-        for (int64_t x = 0; x < wd; ++x) row[pad + x] = src[x];
-      } else if (in_act == ACT_RELU) {
-        for (int64_t x = 0; x < wd; ++x) row[pad + x] = src[x] > 0.f ? src[x] : 0.f;
-      } else {
-        for (int64_t x = 0; x < wd; ++x) row[pad + x] = act_apply(src[x], in_act);
-      }
-      for (int64_t x = pad + wd; x < wq; ++x) row[x] = 0.f;
-    }
-    for (int64_t i = (h + pad) * wq; i < hq * wq; ++i) out[i] = 0.f;
+    pad_rows(in, h, wd, pad, wq, in_act, 0, hq, out);
     return;
   }
   if (s == 2) {   // common case, vectorized: 16 source columns at a time split into even and odd columns
