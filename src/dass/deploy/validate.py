@@ -521,7 +521,7 @@ def _segment_max(a: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.ndarra
 
 def thread_bytes(program: Program) -> int:
     """Bytes the runtime allocates per thread in one call of a validated program: dass_run's two work counters
-    (64 bytes each) per instruction, and the largest pool's padded planes (run_pool's buf). An allocation
+    (64 bytes each) per instruction, the barrier's flags (a line per round, at most 11, and a count), and the largest pool's padded planes (run_pool's buf). An allocation
     that fails there would end the process: :class:`~.packed.PackedModel` keeps threads * this below
     ``MAX_THREAD_BYTES``."""
     ins = program.instructions
@@ -529,7 +529,7 @@ def thread_bytes(program: Program) -> int:
     hp = pools[:, _FIELD["H"]] + 2 * pools[:, _FIELD["PAD"]]
     wp = pools[:, _FIELD["W"]] + 2 * pools[:, _FIELD["PAD"]]
     temp = int((2 * hp * wp + wp + pools[:, _FIELD["WO"]]).max()) if len(pools) else 0
-    return 2 * 64 * len(ins) + 4 * temp
+    return 2 * 64 * len(ins) + 64 * 12 + 4 * temp
 
 
 def validate_program(program: Program) -> None:

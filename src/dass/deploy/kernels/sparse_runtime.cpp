@@ -491,24 +491,38 @@ void build_phases(const float* in, int64_t h, int64_t wd, int64_t pad, int64_t s
 // machine is busy with other work (two cores shared with a training job, say) a thread spinning while its
 // partner is descheduled burns whole scheduler slices, and a 20-op network took 5x longer on two threads
 // than on one. This one spins briefly, then yields the core.
+//
+// A dissemination barrier: in round r thread t raises its flag for thread (t + 2^r) mod n and waits for the one
+// thread (t - 2^r) mod n raised for it. Each flag is written by one thread and read by one other, on its own
+// cache line, so two threads exchange one line each way at the same time; a shared counter and generation
+// word needed several transfers in a row. Flags hold the barrier's epoch (no reset between barriers).
 struct Barrier {
-  std::atomic<int> arrived{0};
-  std::atomic<int> generation{0};
-  int size = 1;
+  struct alignas(64) Flag { std::atomic<int64_t> epoch{0}; };
+  struct alignas(64) Count { int64_t passed = 0; };
+  std::vector<Flag> flags;    // [thread][round]
+  std::vector<Count> passed;  // per thread: barriers it has passed (only that thread touches it)
+  int size = 1, rounds = 0;
 
-  void wait() {
+  void resize(int n) {
+    size = n;
+    rounds = 0;
+    while ((1 << rounds) < n) ++rounds;
+    flags = std::vector<Flag>(static_cast<size_t>(n) * std::max(rounds, 1));
+    passed = std::vector<Count>(static_cast<size_t>(n));
+  }
+
+  void wait(int tid) {
     if (size == 1) return;
-    const int gen = generation.load(std::memory_order_acquire);
-    if (arrived.fetch_add(1, std::memory_order_acq_rel) == size - 1) {
-      arrived.store(0, std::memory_order_relaxed);
-      generation.fetch_add(1, std::memory_order_release);
-      return;
-    }
-    for (int spins = 0; generation.load(std::memory_order_acquire) == gen; ++spins) {
-      if (spins < 4000) {
-        _mm_pause();
-      } else {
-        sched_yield();
+    const int64_t epoch = ++passed[tid].passed;
+    for (int r = 0; r < rounds; ++r) {
+      flags[((tid + (1 << r)) % size) * rounds + r].epoch.store(epoch, std::memory_order_release);
+      const std::atomic<int64_t>& mine = flags[tid * rounds + r].epoch;
+      for (int spins = 0; mine.load(std::memory_order_acquire) < epoch; ++spins) {
+        if (spins < 4000) {
+          _mm_pause();
+        } else {
+          sched_yield();
+        }
       }
     }
   }
@@ -631,7 +645,7 @@ void run_conv(const int64_t* f, const Ctx& c, Counter* next) {
       for (int64_t k = 0; k < nused; ++k) copy_plane(i, used[k]);
   } else if (mode == SCRATCH_OWN_COPY) {
     share_equally(next + omp_get_num_threads(), n * nused, [&](int64_t idx) { copy_plane(idx / nused, used[idx % nused]); });
-    c.barrier->wait();
+    c.barrier->wait(omp_get_thread_num());
   }
   if (mode != SCRATCH_IN_PLACE) {
     src = scratch;
@@ -829,12 +843,20 @@ void pool_plane_s1(const float* in, float* dst, float* padded, const float* cols
       const __mmask16 keep = _mm512_cmplt_epi32_mask(_mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(x)), lane),
                                                      _mm512_set1_epi32(static_cast<int>(wo)));
       const float* win = padded + yo * wp + x;
-      __m512 v = _mm512_loadu_ps(win);
-      for (int64_t ky = 0; ky < k; ++ky)
-        for (int64_t kx = ky == 0 ? 1 : 0; kx < k; ++kx) {
-          const __m512 u = _mm512_loadu_ps(win + ky * wp + kx);
-          v = is_max ? _mm512_max_ps(v, u) : _mm512_add_ps(v, u);
-        }
+      auto reduce = [&](__m512 a, __m512 b) { return is_max ? _mm512_max_ps(a, b) : _mm512_add_ps(a, b); };
+      __m512 v;
+      if (k == 3) {   // a tree of the 9 taps (one chain of 8 dependent ops was most of the time)
+        const __m512 r0 = reduce(reduce(_mm512_loadu_ps(win), _mm512_loadu_ps(win + 1)), _mm512_loadu_ps(win + 2));
+        const __m512 r1 = reduce(reduce(_mm512_loadu_ps(win + wp), _mm512_loadu_ps(win + wp + 1)),
+                                 _mm512_loadu_ps(win + wp + 2));
+        const __m512 r2 = reduce(reduce(_mm512_loadu_ps(win + 2 * wp), _mm512_loadu_ps(win + 2 * wp + 1)),
+                                 _mm512_loadu_ps(win + 2 * wp + 2));
+        v = reduce(reduce(r0, r1), r2);
+      } else {
+        v = _mm512_loadu_ps(win);
+        for (int64_t ky = 0; ky < k; ++ky)
+          for (int64_t kx = ky == 0 ? 1 : 0; kx < k; ++kx) v = reduce(v, _mm512_loadu_ps(win + ky * wp + kx));
+      }
       if (kind == POOL_AVG_PADDED) {
         v = _mm512_div_ps(v, _mm512_set1_ps(window));
       } else if (kind == POOL_AVG_INSIDE) {
@@ -979,7 +1001,7 @@ int dass_run(const int64_t* program, int64_t count, float* arena, float* scratch
 #pragma omp parallel num_threads(threads)
   {
 #pragma omp single
-    barrier.size = omp_get_num_threads();   // the team may be smaller than asked; implicit barrier follows
+    barrier.resize(omp_get_num_threads());   // the team may be smaller than asked; implicit barrier follows
     // Denormal inputs and results flush to zero (as in most inference runtimes): a denormal operand
     // costs ~100x a normal multiply-add. The mode is per thread and OpenMP threads may be shared with
     // PyTorch, so it is restored on the way out.
@@ -1000,7 +1022,7 @@ int dass_run(const int64_t* program, int64_t count, float* arena, float* scratch
         case OP_SHIFT: run_shift(f, ctx, next); break;
         default: run_zero(f, ctx, next); break;
       }
-      barrier.wait();
+      barrier.wait(omp_get_thread_num());
       if (times && omp_get_thread_num() == 0) {
         const double now = omp_get_wtime();
         times[k] = now - last;
