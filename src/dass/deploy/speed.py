@@ -140,7 +140,6 @@ def compare_speed(model: nn.Module, input_shape: tuple[int, int, int], batches: 
                   packed: PackedModel | None = None, min_seconds: float = 0.05, ort: bool = True) -> SpeedReport:
     """Dense PyTorch, ONNX Runtime (``ort`` and installed) and the packed runtime on the same model, timed in
     alternating rounds at each batch size; checks that they agree."""
-    """Time the folded dense model and the packed model at each batch size; check they agree."""
     model = model.eval()
     dense = fold_batchnorm(model)   # outside inference mode: the copies stay ordinary tensors
     packed = packed or PackedModel(compile_model(model, input_shape), threads=threads)
