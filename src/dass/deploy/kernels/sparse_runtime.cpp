@@ -573,6 +573,9 @@ struct Ctx {
   const float* fpool;
   const int32_t* ipool;
   int64_t batch;
+  const int64_t* program;
+  const uint8_t* copy_read_later;   // per instruction: a later conv reads the copy it makes (EARLIER_COPY)
+  std::atomic<int64_t>* block_flags; // per block of images: who copies it (see run_conv)
   // Buffer b of per-image size S at per-image offset B holds image i at arena[B * batch + i * S]; a value
   // stored as a channel slice of b (a concatenation's input) adds its offset inside the image.
   float* at(const int64_t* f, int base, int within) const { return arena + f[base] * batch + f[within]; }
@@ -631,9 +634,18 @@ void run_conv(const int64_t* f, const Ctx& c, Counter* next) {
                          : per_channel ? c.scratch + omp_get_thread_num() * n * plane : c.scratch;
   const int32_t* used = c.ipool + f[F_CHANNELS];
   const int64_t nused = f[F_NCHANNELS];
-  auto copy_plane = [&](int64_t i, int64_t ch) {   // image i, input channel ch into the copy
+  // Batches of at least a block of images per thread copy block by block instead: each thread copies the block
+  // of images it is about to compute, so the copy is still in its cache when the taps read it and no barrier
+  // follows. (A batch-64 copy of a stride-2 layer's phase planes is 19 MB: written to and read back from
+  // memory.) Into its own part of the scratch; or, when a later conv reads the copy (EARLIER_COPY), into the
+  // shared copy, where a per-block flag makes one thread copy each block and the other wait for it.
+  constexpr int64_t IB = DASS_IMGS;
+  const int64_t nth = omp_get_num_threads(), k_ins = (f - c.program) / N_FIELDS;
+  const bool per_block = mode == SCRATCH_OWN_COPY && n >= nth * IB;
+  const bool shared_blocks = per_block && c.copy_read_later[k_ins];
+  float* const block_copy = c.scratch + omp_get_thread_num() * IB * cin * plane;
+  auto copy_plane = [&](int64_t i, int64_t ch, float* dst) {   // image i, input channel ch into dst
     const float* in = x + i * x_img + ch * h * wd;
-    float* dst = scratch + (i * cin + ch) * plane;
     if (im2col) {
       build_im2col(in, h, wd, f[F_K], s, f[F_PAD], f[F_DIL], ho, wo, f[F_IN_ACT], dst);
     } else {
@@ -642,9 +654,12 @@ void run_conv(const int64_t* f, const Ctx& c, Counter* next) {
   };
   if (mode == SCRATCH_PER_THREAD) {
     for (int64_t i = 0; i < n; ++i)
-      for (int64_t k = 0; k < nused; ++k) copy_plane(i, used[k]);
-  } else if (mode == SCRATCH_OWN_COPY) {
-    share_equally(next + omp_get_num_threads(), n * nused, [&](int64_t idx) { copy_plane(idx / nused, used[idx % nused]); });
+      for (int64_t k = 0; k < nused; ++k) copy_plane(i, used[k], scratch + (i * cin + used[k]) * plane);
+  } else if (mode == SCRATCH_OWN_COPY && !per_block) {
+    share_equally(next + omp_get_num_threads(), n * nused, [&](int64_t idx) {
+      const int64_t i = idx / nused, ch = used[idx % nused];
+      copy_plane(i, ch, scratch + (i * cin + ch) * plane);
+    });
     c.barrier->wait(omp_get_thread_num());
   }
   if (mode != SCRATCH_IN_PLACE) {
@@ -681,9 +696,8 @@ void run_conv(const int64_t* f, const Ctx& c, Counter* next) {
   // faster than OpenMP's dynamic schedule, whose shared counter bounced between the cores on every row;
   // claiming the leftovers of a share gained 5% more, as the cores of this machine do not always run at one
   // pace.)
-  constexpr int64_t IB = DASS_IMGS;
   const int64_t blocks = (n + IB - 1) / IB;
-  const int64_t total = blocks * co, nth = omp_get_num_threads();
+  const int64_t total = blocks * co;
   const int64_t overhead = 8, per_image = dense ? co * (ktaps + overhead) : rowptr[co] + co * overhead;
   auto work_before = [&](int64_t idx) {   // work of rows [0, idx)
     const int64_t i = idx / co, o = idx % co;
@@ -703,7 +717,7 @@ void run_conv(const int64_t* f, const Ctx& c, Counter* next) {
   const ImgStride is{src_img, out_img, res_img};
   auto run_images = [&](auto imgs, int64_t i, int64_t o) {   // images i .. i + imgs - 1, output channel o
     constexpr int B = decltype(imgs)::value;
-    const float* base = src + i * src_img;
+    const float* base = per_block && !shared_blocks ? block_copy + i % IB * src_img : src + i * src_img;
     if (per_channel) {   // (a sparse channel without taps reads nothing: its output is the bias)
       base = src;
       if (dense || rowptr[o + 1] > rowptr[o])
@@ -732,8 +746,24 @@ void run_conv(const int64_t* f, const Ctx& c, Counter* next) {
                       f[F_ACT], r, res_row, is);
     }
   };
+  int64_t copied = -1;   // (per_block: the block of images in this thread's copy)
   auto run_row = [&](int64_t idx) {
     const int64_t i = idx / co * IB, o = idx % co;
+    if (per_block && idx / co != copied) {
+      copied = idx / co;
+      std::atomic<int64_t>& flag = c.block_flags[copied];   // 2k + 1: being copied for instruction k; 2k + 2: done
+      int64_t seen = shared_blocks ? flag.load(std::memory_order_acquire) : 0;
+      if (!shared_blocks || (seen < 2 * k_ins + 1 && flag.compare_exchange_strong(seen, 2 * k_ins + 1))) {
+        float* dst = shared_blocks ? scratch + i * cin * plane : block_copy;
+        for (int64_t j = i; j < std::min(n, i + IB); ++j)
+          for (int64_t k = 0; k < nused; ++k) copy_plane(j, used[k], dst + ((j - i) * cin + used[k]) * plane);
+        if (shared_blocks) flag.store(2 * k_ins + 2, std::memory_order_release);
+      } else {
+        for (int spins = 0; flag.load(std::memory_order_acquire) < 2 * k_ins + 2; ++spins) {
+          if (spins < 4000) _mm_pause(); else sched_yield();
+        }
+      }
+    }
     if (i + IB <= n) {
       run_images(std::integral_constant<int, IB>{}, i, o);
     } else {
@@ -997,7 +1027,21 @@ int dass_run(const int64_t* program, int64_t count, float* arena, float* scratch
   Barrier barrier;
   const int64_t per_op = 2 * std::max(threads, 1);
   std::vector<Counter> claimed(count * per_op);   // units of each thread's shares claimed so far, per instruction
-  Ctx ctx{&barrier, arena, scratch, fpool, ipool, batch};
+  // which copies a later conv reads (the copy the last copying conv made; any other scratch user overwrites it)
+  std::vector<uint8_t> copy_read_later(count, 0);
+  for (int64_t k = count - 1, pending = 0; k >= 0; --k) {
+    const int64_t* f = program + k * N_FIELDS;
+    if (f[F_OP] != OP_CONV || f[F_SCRATCH] == SCRATCH_IN_PLACE) continue;
+    if (f[F_SCRATCH] == SCRATCH_EARLIER_COPY) {
+      pending = 1;
+    } else {
+      copy_read_later[k] = static_cast<uint8_t>(pending);
+      pending = 0;
+    }
+  }
+  std::vector<std::atomic<int64_t>> block_flags((batch + DASS_IMGS - 1) / DASS_IMGS);
+  for (auto& flag : block_flags) flag.store(0, std::memory_order_relaxed);
+  Ctx ctx{&barrier, arena, scratch, fpool, ipool, batch, program, copy_read_later.data(), block_flags.data()};
 #pragma omp parallel num_threads(threads)
   {
 #pragma omp single
