@@ -426,7 +426,8 @@ class _Convs:
         t.need(rows, s <= 8, "STRIDE", "a padded copy holds at most 8 x 8 phase planes", phases)
         t.need(rows, h + pad <= hq * s, "HQ", "the padded copy has fewer rows than PAD + H", phases)
         t.need(rows, w + pad <= wq * s, "WQ", "the padded copy has fewer columns than PAD + W", phases)
-        # the scratch: one shared copy of C planes per image, or (PER_THREAD, batch 1) one per thread
+        # the scratch: one shared copy of C planes per image, or one per thread (PER_THREAD at batch 1: C planes;
+        # PER_CHANNEL: one plane)
         private = (mode == _PER_THREAD) | per_channel
         t.need(rows, ~private | (src <= t.private), "SCRATCH", lambda j: f"the per-thread "
                f"copy needs {src[j]:.0f} floats per image, private_scratch_size is {t.private}")
@@ -521,9 +522,9 @@ def _segment_max(a: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.ndarra
 
 def thread_bytes(program: Program) -> int:
     """Bytes the runtime allocates per thread in one call of a validated program: dass_run's two work counters
-    (64 bytes each) per instruction, the barrier's flags (a line per round, at most 11, and a count), and the largest pool's padded planes (run_pool's buf). An allocation
-    that fails there would end the process: :class:`~.packed.PackedModel` keeps threads * this below
-    ``MAX_THREAD_BYTES``."""
+    (64 bytes each) per instruction, the barrier's flags (a line per round, at most 11, and a count) and the
+    largest pool's padded planes (run_pool's buf). An allocation that fails there would end the process:
+    :class:`~.packed.PackedModel` keeps threads * this below ``MAX_THREAD_BYTES``."""
     ins = program.instructions
     pools = ins[ins[:, _FIELD["OP"]] == int(Op.POOL)]
     hp = pools[:, _FIELD["H"]] + 2 * pools[:, _FIELD["PAD"]]

@@ -673,7 +673,6 @@ void run_conv(const int64_t* f, const Ctx& c, Counter* next) {
   const bool dense = f[F_DENSE] != 0;
   const int64_t ktaps = f[F_KTAPS], groups = f[F_GROUPS], cout_g = co / groups;
   const int64_t cin_plane = plane;
-  // an unfolded input is one row of ho*wo pixels per tap; a padded plane is read in 2-D tiles
   const float* res = f[F_Y] >= 0 ? c.at(f, F_Y, F_Y_AT) : nullptr;   // a fused residual addition
   const int64_t res_img = f[F_Y_IMG];
   // An unfolded input is one row of ho*wo pixels per tap. So is a plane whose rows are as long as the output's
