@@ -397,6 +397,22 @@ def test_image_blocks_in_a_network(images):
     _assert_batch_matches_single_images(model, images[:5].numpy())
 
 
+def test_block_copies_at_large_batches(images):
+    """With a block of images per thread, convs copy their input block by block as they go (into a thread's own
+    scratch, or into the shared copy a ResNet shortcut reads after its 3x3 conv): any thread count gives the
+    outputs of the images run alone, and PyTorch's."""
+    model = synthetic_model("resnet18", 0.9, (3, 32, 32), width=0.25)
+    x = images[:9].numpy()
+    prog = compile_model(model, (3, 32, 32))
+    assert Scratch.EARLIER_COPY in prog.instructions[:, Field.SCRATCH]
+    with torch.no_grad():
+        ref = model(images[:9]).numpy()
+    alone = np.concatenate([PackedModel(prog, threads=1)(x[i:i + 1]) for i in range(len(x))])
+    for threads in (1, 2, 3):
+        out = PackedModel(prog, threads=threads)(x)
+        assert np.abs(out - alone).max() < 1e-5 and np.abs(out - ref).max() < TOL
+
+
 @pytest.mark.parametrize("unfold", [0, 16, 64, 256])
 def test_unfold_thresholds_agree(unfold, images):
     """Unfolding the input of small planes (4x4 by default) is a layout choice: every threshold gives the
