@@ -129,6 +129,9 @@ template <> struct Unaligned<v16f> { typedef v16u type; };
 #ifndef DASS_IMGS
 #define DASS_IMGS 2  // images per block at batch > 1
 #endif
+#ifndef DASS_FLAT
+#define DASS_FLAT 1  // planes with output-long rows read as one row (0: in 2-D tiles, for A/B runs)
+#endif
 
 // Distances between consecutive images of a block: in the conv's source, its output and its residual.
 struct ImgStride { int64_t src, dst, res; };
@@ -349,39 +352,44 @@ void zero_border(float* plane, int64_t hp, int64_t wp, int64_t p) {
   std::fill(plane + (hp - p) * wp - p, plane + hp * wp, 0.f);
 }
 
-// Rows [q0, q1) of the zero-padded copy (wq floats a row, the input at column pad) of one input channel, the
-// input activation applied on the way: stride-1 convs, or a band of their output rows.
-// (Plain loops, kept loops: GCC would make memset/memcpy calls of the 1-2 float pads and the short rows, and
-// those calls were most of the copy's time.)
-__attribute__((optimize("no-tree-loop-distribute-patterns")))
-void pad_rows(const float* in, int64_t h, int64_t wd, int64_t pad, int64_t wq, int64_t in_act, int64_t q0,
-              int64_t q1, float* out) {
 #if DASS_V16
-  // 16 columns at a time: masked loads give the zero padding (and never touch memory outside the row), a
-  // masked store ends the row
+// Rows [q0, q1) of a copy of one plane padded by `pad` (wq floats a row) with `fill` outside the plane, 16
+// columns at a time: masked loads read only the plane's columns (never memory outside the row), a masked store
+// ends the row. The input activation applies to the loaded values (a nonzero fill takes none: pools).
+void fill_rows_v16(const float* in, int64_t h, int64_t wd, int64_t pad, int64_t wq, float fill, int64_t in_act,
+                   int64_t q0, int64_t q1, float* out) {
   const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-  const __m512 zero = _mm512_setzero_ps(), six = _mm512_set1_ps(6.f);
+  const __m512 outside = _mm512_set1_ps(fill), zero = _mm512_setzero_ps(), six = _mm512_set1_ps(6.f);
   for (int64_t q = q0; q < q1; ++q) {
-    float* row = out + q * wq;
     const int64_t y = q - pad;
     const bool inside = y >= 0 && y < h;
     const float* src = in + y * wd - pad;   // src[c]: padded column c, valid for pad <= c < pad + wd
     for (int64_t x = 0; x < wq; x += 16) {
       const __m512i col = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(x)), lane);
       const __mmask16 keep = _mm512_cmplt_epi32_mask(col, _mm512_set1_epi32(static_cast<int>(wq)));
-      __m512 v = zero;
-      if (inside) {
-        const __mmask16 valid = keep & _mm512_cmpge_epi32_mask(col, _mm512_set1_epi32(static_cast<int>(pad))) &
-                                _mm512_cmplt_epi32_mask(col, _mm512_set1_epi32(static_cast<int>(pad + wd)));
-        v = _mm512_maskz_loadu_ps(valid, src + x);
-        if (in_act == ACT_RELU) v = _mm512_max_ps(v, zero);
-        else if (in_act == ACT_RELU6) v = _mm512_min_ps(_mm512_max_ps(v, zero), six);
-      }
-      _mm512_mask_storeu_ps(row + x, keep, v);
+      const __mmask16 valid = inside ? keep & _mm512_cmpge_epi32_mask(col, _mm512_set1_epi32(static_cast<int>(pad))) &
+                                           _mm512_cmplt_epi32_mask(col, _mm512_set1_epi32(static_cast<int>(pad + wd)))
+                                     : __mmask16{0};
+      __m512 v = _mm512_mask_loadu_ps(outside, valid, src + x);
+      if (in_act == ACT_RELU) v = _mm512_max_ps(v, zero);
+      else if (in_act == ACT_RELU6) v = _mm512_min_ps(_mm512_max_ps(v, zero), six);
+      _mm512_mask_storeu_ps(out + q * wq + x, keep, v);
     }
   }
+}
+#endif
+
+// The zero-padded copy (hq rows of wq floats, the input at row and column pad) of one input channel for a
+// stride-1 conv, the input activation applied on the way.
+// (Plain loops, kept loops: GCC would make memset/memcpy calls of the 1-2 float pads and the short rows, and
+// those calls were most of the copy's time.)
+__attribute__((optimize("no-tree-loop-distribute-patterns")))
+void pad_plane(const float* in, int64_t h, int64_t wd, int64_t pad, int64_t hq, int64_t wq, int64_t in_act,
+               float* out) {
+#if DASS_V16
+  fill_rows_v16(in, h, wd, pad, wq, 0.f, in_act, 0, hq, out);
 #else
-  for (int64_t q = q0; q < q1; ++q) {
+  for (int64_t q = 0; q < hq; ++q) {
     float* row = out + q * wq;
     const int64_t y = q - pad;
     if (y < 0 || y >= h) {
@@ -408,7 +416,7 @@ __attribute__((optimize("no-tree-loop-distribute-patterns")))
 void build_phases(const float* in, int64_t h, int64_t wd, int64_t pad, int64_t s, int64_t hq, int64_t wq,
                   int64_t in_act, int64_t phases, float* out) {
   if (s == 1) {
-    pad_rows(in, h, wd, pad, wq, in_act, 0, hq, out);
+    pad_plane(in, h, wd, pad, hq, wq, in_act, out);
     return;
   }
   if (s == 2) {   // common case, vectorized: 16 source columns at a time split into even and odd columns
@@ -496,6 +504,18 @@ void build_phases(const float* in, int64_t h, int64_t wd, int64_t pad, int64_t s
 // thread (t - 2^r) mod n raised for it. Each flag is written by one thread and read by one other, on its own
 // cache line, so two threads exchange one line each way at the same time; a shared counter and generation
 // word needed several transfers in a row. Flags hold the barrier's epoch (no reset between barriers).
+// Spin briefly, then yield the core, until `done()` (the barrier's and the block copies' waits).
+template <typename Done>
+inline void spin_until(Done done) {
+  for (int spins = 0; !done(); ++spins) {
+    if (spins < 4000) {
+      _mm_pause();
+    } else {
+      sched_yield();
+    }
+  }
+}
+
 struct Barrier {
   struct alignas(64) Flag { std::atomic<int64_t> epoch{0}; };
   struct alignas(64) Count { int64_t passed = 0; };
@@ -517,13 +537,7 @@ struct Barrier {
     for (int r = 0; r < rounds; ++r) {
       flags[((tid + (1 << r)) % size) * rounds + r].epoch.store(epoch, std::memory_order_release);
       const std::atomic<int64_t>& mine = flags[tid * rounds + r].epoch;
-      for (int spins = 0; mine.load(std::memory_order_acquire) < epoch; ++spins) {
-        if (spins < 4000) {
-          _mm_pause();
-        } else {
-          sched_yield();
-        }
-      }
+      spin_until([&] { return mine.load(std::memory_order_acquire) >= epoch; });
     }
   }
 };
@@ -678,9 +692,6 @@ void run_conv(const int64_t* f, const Ctx& c, Counter* next) {
   // An unfolded input is one row of ho*wo pixels per tap. So is a plane whose rows are as long as the output's
   // when neither the output nor the residual is stored padded (pointwise convs, or stride-2 ones on a phase
   // plane): each tap reads the whole plane as one contiguous row. Other planes are read in 2-D tiles.
-#ifndef DASS_FLAT
-#define DASS_FLAT 1
-#endif
   const bool flat = im2col || (DASS_FLAT && wq == wo && f[F_OUT_PAD] == 0 && (!res || f[F_Y_PAD] == 0));
   const int64_t row = flat ? ho * wo : wq, tile_w = flat ? ho * wo : wo, tile_h = flat ? 1 : ho;
   // Outputs (and residuals) stored padded: planes of (ho + 2p) x (wo + 2p) with a zero border, which the
@@ -758,9 +769,7 @@ void run_conv(const int64_t* f, const Ctx& c, Counter* next) {
           for (int64_t k = 0; k < nused; ++k) copy_plane(j, used[k], dst + ((j - i) * cin + used[k]) * plane);
         if (shared_blocks) flag.store(2 * k_ins + 2, std::memory_order_release);
       } else {
-        for (int spins = 0; flag.load(std::memory_order_acquire) < 2 * k_ins + 2; ++spins) {
-          if (spins < 4000) _mm_pause(); else sched_yield();
-        }
+        spin_until([&] { return flag.load(std::memory_order_acquire) >= 2 * k_ins + 2; });
       }
     }
     if (i + IB <= n) {
@@ -850,20 +859,8 @@ void pool_plane_s1(const float* in, float* dst, float* padded, const float* cols
   const bool is_max = kind == POOL_MAX;
   const int64_t wp = wd + 2 * p, hp = h + 2 * p;
   const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-  const __m512 neutral = _mm512_set1_ps(is_max ? -3.402823466e38f : 0.f), zero = _mm512_setzero_ps();
-  for (int64_t q = 0; q < hp; ++q) {
-    const int64_t y = q - p;
-    const bool inside = y >= 0 && y < h;
-    const float* src = in + y * wd - p;   // src[c]: padded column c, valid for p <= c < p + wd
-    for (int64_t x = 0; x < wp; x += 16) {
-      const __m512i col = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(x)), lane);
-      const __mmask16 keep = _mm512_cmplt_epi32_mask(col, _mm512_set1_epi32(static_cast<int>(wp)));
-      const __mmask16 valid = inside ? keep & _mm512_cmpge_epi32_mask(col, _mm512_set1_epi32(static_cast<int>(p))) &
-                                           _mm512_cmplt_epi32_mask(col, _mm512_set1_epi32(static_cast<int>(p + wd)))
-                                     : __mmask16{0};
-      _mm512_mask_storeu_ps(padded + q * wp + x, keep, _mm512_mask_loadu_ps(neutral, valid, src + x));
-    }
-  }
+  const __m512 zero = _mm512_setzero_ps();
+  fill_rows_v16(in, h, wd, p, wp, is_max ? -3.402823466e38f : 0.f, ACT_NONE, 0, hp, padded);
   const float window = static_cast<float>(k * k);
   for (int64_t yo = 0; yo < ho; ++yo) {
     const float rows_in = static_cast<float>(std::min<int64_t>(yo + k, p + h) - std::max<int64_t>(yo, p));
