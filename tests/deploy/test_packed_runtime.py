@@ -14,7 +14,7 @@ from dass.data import load_dataset
 from dass.deploy.compiler import CompileOptions, compile_model
 from dass.deploy.export import synthetic_model
 from dass.deploy.packed import PackedModel
-from dass.deploy.program import Field, Scratch
+from dass.deploy.program import Field, Layout, Op, Scratch
 from dass.deploy.speed import calibrate_batchnorm, compare_speed
 from dass.errors import DassError
 from dass.models import build_model
@@ -80,6 +80,9 @@ CONVS = {  # c_in, c_out, k, stride, pad, dil, groups
     "dilated5x5_s2": (8, 8, 5, 2, 4, 2, 8),
     "grouped": (8, 12, 3, 1, 1, 1, 4),
     "conv7x7_nopad": (8, 6, 7, 1, 0, 1, 1),
+    "conv3x3_wide": (16, 48, 3, 1, 1, 1, 1),      # (enough output channels for column-shifted copies at 90%)
+    "conv5x5": (16, 32, 5, 1, 2, 1, 1),
+    "dilated3x3_dense": (16, 24, 3, 1, 2, 2, 1),
 }
 
 
@@ -411,6 +414,27 @@ def test_block_copies_at_large_batches(images):
     for threads in (1, 2, 3):
         out = PackedModel(prog, threads=threads)(x)
         assert np.abs(out - alone).max() < 1e-5 and np.abs(out - ref).max() < TOL
+
+
+@pytest.mark.parametrize("sparsity", [0.0, 0.9])
+def test_shifted_copies(sparsity, images):
+    """Stride-1 convs on column-shifted copies (blocked by chunks of input channels, partial sums in the output) give
+    the outputs of padded copies and PyTorch's: at batch 1 and below the thread count (a shared copy, blocks of
+    output channels) and above it (each thread copies the image it computes), on 1-3 threads."""
+    model = synthetic_model("resnet18", sparsity, (3, 32, 32), width=0.25)
+    x = images[:5].numpy()
+    with torch.no_grad():
+        ref = model(images[:5]).numpy()
+    progs = [compile_model(model, (3, 32, 32), options=CompileOptions(shifted_copies=on)) for on in (True, False)]
+    ins = progs[0].instructions
+    shifted = ins[(ins[:, Field.OP] == Op.CONV) & (ins[:, Field.IM2COL] == Layout.SHIFTED)]
+    assert len(shifted) >= 8 and (shifted[:, Field.AUX] < shifted[:, Field.C]).any()   # (several chunks)
+    assert Layout.SHIFTED not in progs[1].instructions[:, Field.IM2COL]
+    for threads in (1, 2, 3):
+        outs = [PackedModel(prog, threads=threads) for prog in progs]
+        for n in (1, 2, 5):
+            on, off = (packed(x[:n]) for packed in outs)
+            assert np.abs(on - ref[:n]).max() < TOL and np.abs(on - off).max() < 1e-5
 
 
 @pytest.mark.parametrize("unfold", [0, 16, 64, 256])

@@ -22,7 +22,7 @@ from torch import nn
 
 from dass.deploy.compiler import compile_model
 from dass.deploy.packed import PackedModel
-from dass.deploy.program import Field, Op, Scratch
+from dass.deploy.program import Field, Layout, Op, Scratch
 from dass.deploy.speed import calibrate_batchnorm
 from dass.deploy.validate import MAX_FIELD, validate_program
 from dass.errors import DassError
@@ -34,7 +34,8 @@ REEXPORT = "dass export RUN_DIR"
 
 class Everything(nn.Module):
     """Every op and conv variant of the format: convs reading their input copied (stride 1, 2, 3), in place
-    from a padded value, or from an earlier conv's copy; unfolded convs (shared and per-thread copies, 16-bit
+    from a padded value, or from an earlier conv's copy; a conv on column-shifted copies (with a fused residual,
+    placed after the copy a later conv reads); unfolded convs (shared and per-thread copies, 16-bit
     taps, dense); dense grouped and dilated; a fused residual read padded; pools of each kind; a zero op and a
     pool written into their slices of a concatenation; depthwise convs copying each channel as they go (sparse
     and dense); channel copies; a BN left as an affine op; crops and pads;
@@ -42,11 +43,12 @@ class Everything(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.stem = SparseConv2d(3, 8, 3, padding=1, bias=True)
-        self.conv2 = SparseConv2d(8, 8, 3, padding=1, bias=True)
+        self.stem = SparseConv2d(3, 8, 1, bias=True)
+        self.conv2 = SparseConv2d(8, 8, 3, padding=1, groups=2, bias=True)
         self.dense = nn.Conv2d(8, 8, 3, padding=2, dilation=2, groups=2)
         self.down = SparseConv2d(8, 12, 3, stride=2, padding=1)
         self.short = SparseConv2d(8, 12, 1, stride=2)
+        self.mid = SparseConv2d(12, 12, 3, padding=1)
         self.s3 = SparseConv2d(8, 4, 3, stride=3, padding=1)
         self.small = SparseConv2d(12, 12, 3, stride=2, padding=1)
         self.tiny = SparseConv2d(12, 12, 3, padding=1)
@@ -63,7 +65,8 @@ class Everything(nn.Module):
         h = F.relu(self.stem(x))
         y = F.relu(self.conv2(h) + h)
         d = self.dense(y)
-        a = self.down(d) + self.short(d)
+        a = self.down(d)
+        a = self.mid(a) + a + self.short(d)
         m = self.max(a)
         sm = F.relu(self.small(a))
         z = F.relu6(self.bn(torch.cat([self.tiny(sm), m, m * 0.0], dim=1)))
@@ -152,8 +155,11 @@ def test_the_test_model_covers_every_op_and_conv_variant(program, model, x):
     convs = ins[ins[:, Field.OP] == Op.CONV]
     assert set(convs[:, Field.SCRATCH]) == {int(s) for s in Scratch}
     assert {1, 2, 3} <= set(convs[:, Field.STRIDE])
-    for name in ("IM2COL", "ROWS16", "DENSE", "OUT_PAD", "Y_PAD"):
+    for name in ("ROWS16", "DENSE", "OUT_PAD", "Y_PAD"):
         assert convs[:, Field[name]].max() > 0, name
+    assert set(convs[:, Field.IM2COL]) == {int(layout) for layout in Layout}
+    shifted = convs[convs[:, Field.IM2COL] == Layout.SHIFTED]
+    assert (shifted[:, Field.AUX2] > 0).all() and (shifted[:, Field.Y] >= 0).all()
     assert (convs[:, Field.Y] >= 0).any() and (convs[:, Field.GROUPS] > 1).any()
     assert set(ins[ins[:, Field.OP] == Op.POOL][:, Field.AUX]) == {0, 1, 2}
     zero = _first(program, Op.ZERO)
@@ -220,9 +226,37 @@ def test_short_fpool_is_refused(saved, tmp_path):
     ("ACT", 3, "unknown Act code"),
 ])
 def test_offsets_and_sizes_out_of_range_are_refused(program, field, value, match):
-    k = _first(program, Op.CONV, SCRATCH=int(Scratch.OWN_COPY), DENSE=0)
+    k = _first(program, Op.CONV, SCRATCH=int(Scratch.OWN_COPY), DENSE=0, IM2COL=int(Layout.PADDED))
     _refused(lambda: PackedModel(_edit(program, k, **{field: value})), f"instruction #{k} (conv), field {field}=",
              REEXPORT, match)
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("AUX", 0, "must lie in"),
+    ("AUX", 13, "a chunk holds 1 to C"),
+    ("AUX2", 10**6, "scratch_size"),
+    ("WQ", 7, "WQ = WO"),
+    ("OUT_PAD", 1, "outside its"),
+    ("STRIDE", 2, "stride-1"),
+    ("SCRATCH", int(Scratch.PER_THREAD), "SCRATCH = OWN_COPY"),
+])
+def test_shifted_conv_fields_are_checked(program, field, value, match):
+    """run_conv_shifted: chunks of input channels, the copy's place in the scratch and its flat planes."""
+    k = _first(program, Op.CONV, IM2COL=int(Layout.SHIFTED))
+    _refused(lambda: PackedModel(_edit(program, k, **{field: value})), f"instruction #{k} (conv)", REEXPORT, match)
+
+
+def test_shifted_conv_segments_are_checked(program):
+    """The row pointers of a shifted conv: one segment per (chunk, output channel), never decreasing."""
+    k = _first(program, Op.CONV, IM2COL=int(Layout.SHIFTED))
+    row = program.instructions[k]
+    segments = -(-int(row[Field.C]) // int(row[Field.AUX])) * int(row[Field.CO])
+    ipool = program.ipool.copy()
+    ipool[row[Field.ROWPTR] + segments] = 10**6   # the last pointer: past the taps and weights
+    _refused(lambda: PackedModel(replace(program, ipool=ipool)), f"instruction #{k} (conv)", REEXPORT)
+    ipool = program.ipool.copy()
+    ipool[row[Field.ROWPTR] + segments // 2] = -1
+    _refused(lambda: PackedModel(replace(program, ipool=ipool)), "ROWPTR")
 
 
 def test_tap_and_channel_indices_are_checked(program):

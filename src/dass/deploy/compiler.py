@@ -26,7 +26,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from ..errors import DassError
 from .fold import fold_batchnorm
-from .program import IM2COL_MAX_PADDED, N_FIELDS, Act, Field, Op, PoolKind, Program, Scratch
+from .program import IM2COL_MAX_PADDED, N_FIELDS, Act, Field, Layout, Op, PoolKind, Program, Scratch, shifted_plane
 
 ALIGN = 16  # floats: arena buffers start on cache lines
 
@@ -43,6 +43,7 @@ class CompileOptions:
     share_copies: bool = True     # a conv reads the padded copy the previous one made of the same input
     private_unfold: bool = True   # stride-1 convs on small planes unfold into per-thread copies
     private_depthwise: bool = True  # depthwise convs copy each channel's padded plane just before using it
+    shifted_copies: bool = True   # stride-1 convs copy their input as column-shifted planes (aligned tap loads)
 
 
 def _shape(node: torch.fx.Node) -> tuple[int, ...]:
@@ -520,6 +521,36 @@ def _unfolds(op: IROp, x: Value, out: Value, options: CompileOptions) -> bool:
             and (h + 2 * p["pad"]) * (wd + 2 * p["pad"]) <= IM2COL_MAX_PADDED)
 
 
+def _shifted_copy(op: IROp, x: Value, out: Value, options: CompileOptions) -> bool:
+    """Whether this stride-1 conv copies its input as K column-shifted planes (``Layout.SHIFTED``) rather than
+    one padded plane: every tap then reads the output plane's pixels as one run of aligned vectors. (Depthwise
+    convs copy one channel at a time into L1 instead, see ``_per_channel_copy``.)"""
+    p, (co, _, k, _) = op.params, op.params["weight"].shape
+    return (options.shifted_copies and op.kind == "conv" and not p.get("linear") and p["stride"] == 1 and k > 1
+            and p["groups"] == 1 and out.shape[1] * out.shape[2] % 16 == 0 and not _unfolds(op, x, out, options)
+            and co * k * _density(op) >= SHIFTED_MIN_REUSE)
+
+
+SHIFTED_MIN_REUSE = 4        # multiply-adds per float of a shifted copy (about co * k * density) worth the copy
+L1_CHUNK_BYTES = 32 * 1024   # the input rows of one chunk of a shifted conv's taps (see _shifted_chunk)
+TAPS_PER_SEGMENT = 8         # ... and at least this many taps per output channel and chunk, on average
+
+
+def _shifted_chunk(op: IROp, x: Value, out: Value) -> int:
+    """Input channels per chunk of a shifted conv's taps (run_conv_shifted): as many as keep the rows that one
+    tile of output pixels reads from them within L1, but enough that an output channel holds several taps in each
+    chunk (every chunk costs a load and a store of the tile's partial sums)."""
+    p, (co, cin, k, _) = op.params, op.params["weight"].shape
+    _, ho, wo = out.shape
+    pix = ho * wo
+    tile = next(v * 16 for v in (16, 8, 4, 2, 1) if pix % (v * 16) == 0)   # as the runtime picks it
+    rows = -(-tile // wo) + (k - 1) * p["dil"]
+    per_channel = k * rows * min(tile, wo) * 4
+    density = max(_density(op), 1e-9)
+    want = max(L1_CHUNK_BYTES // per_channel, -(-TAPS_PER_SEGMENT // (k * k * density)))
+    return int(min(cin, max(1, want)))
+
+
 def _store_outputs_padded(g: _Graph, options: CompileOptions) -> None:
     """Store a conv's output zero-padded when every reader can take it so: stride-1 convs with that padding
     read it in place of their padded copy (no copy, no barrier after it), residual additions through a row
@@ -528,7 +559,7 @@ def _store_outputs_padded(g: _Graph, options: CompileOptions) -> None:
     for src in g.ops:
         x, val = g.io(src)
         if (src.kind != "conv" or src.params.get("linear") or val.buffer in keep or val.stride or val.at
-                or _unfolds(src, x, val, options)):
+                or _unfolds(src, x, val, options) or _shifted_copy(src, x, val, options)):
             continue
         pads = _paddings_read_in_place(g, src.output, options)
         if pads is not None and len(pads) == 1:
@@ -542,6 +573,8 @@ def _paddings_read_in_place(g: _Graph, value: int, options: CompileOptions) -> s
     for u in g.users(value):
         if u.kind != "conv" or u.params.get("linear") or _unfolds(u, *g.io(u), options):
             return None
+        if _shifted_copy(u, *g.io(u), options):   # (its input and its residual: flat planes)
+            return None
         if u.inputs[0] == value:   # (else the residual, read through a row stride)
             if u.params["stride"] != 1 or u.params["pad"] < 1 or u.in_act is not Act.NONE:
                 return None
@@ -554,7 +587,8 @@ def _copy_geometry(op: IROp, x: Value, out: Value, options: CompileOptions) -> t
     reads its input in place or unfolds it."""
     p, k = op.params, op.params["weight"].shape[-1]
     s, pad, d = p["stride"], p["pad"], p["dil"]
-    if x.pad or _unfolds(op, x, out, options) or not (s > 1 or pad > 0 or op.in_act is not Act.NONE):
+    if (x.pad or _unfolds(op, x, out, options) or _shifted_copy(op, x, out, options)
+            or not (s > 1 or pad > 0 or op.in_act is not Act.NONE)):
         return None
     _, h, wd = x.shape
     if s == 1:
@@ -579,6 +613,11 @@ def _share_padded_copies(g: _Graph, options: CompileOptions) -> None:
         if op.kind != "conv":
             continue
         x, out = g.io(op)
+        if _shifted_copy(op, x, out, options):   # its copy goes after the earlier one, which stays readable
+            if last is not None:
+                maker, (hq, wq) = last
+                op.params["scratch_at"] = g.values[maker.inputs[0]].shape[0] * maker.params["stride"] ** 2 * hq * wq
+            continue
         geometry = _copy_geometry(op, x, out, options)
         if geometry is None or _per_channel_copy(op, x, out, options):
             if geometry is not None or _unfolds(op, x, out, options):
@@ -696,11 +735,13 @@ class _InputLayout:
     copy an earlier conv made."""
 
     scratch: Scratch
-    im2col: bool
+    layout: Layout
     hq: int
     wq: int
     plane: int          # floats per input channel of what the taps read
     taps: np.ndarray    # (k, k): offset of each tap inside a channel's plane
+    chunk: int = 0      # shifted: input channels per chunk of taps
+    at: int = 0         # shifted: where its copy starts in the scratch (floats per image)
 
 
 def _input_layout(op: IROp, x: Value, out: Value, options: CompileOptions) -> _InputLayout:
@@ -710,8 +751,13 @@ def _input_layout(op: IROp, x: Value, out: Value, options: CompileOptions) -> _I
     ky, kx = np.meshgrid(np.arange(k), np.arange(k), indexing="ij")
     if _unfolds(op, x, out, options):   # small output planes: one contiguous row per tap
         per_thread = options.private_unfold and s == 1 and k > 1
-        return _InputLayout(Scratch.PER_THREAD if per_thread else Scratch.OWN_COPY, True, ho, wo, k * k * ho * wo,
-                            (ky * k + kx) * ho * wo)
+        return _InputLayout(Scratch.PER_THREAD if per_thread else Scratch.OWN_COPY, Layout.UNFOLDED, ho, wo,
+                            k * k * ho * wo, (ky * k + kx) * ho * wo)
+    if _shifted_copy(op, x, out, options):   # plane kx from row ky * d: one run of ho * wo floats per tap
+        hq = x.shape[1] + 2 * p["pad"]
+        sub = shifted_plane(hq, wo)
+        return _InputLayout(Scratch.OWN_COPY, Layout.SHIFTED, hq, wo, k * sub, kx * sub + ky * d * wo,
+                            _shifted_chunk(op, x, out), p.get("scratch_at", 0))
     geometry = _copy_geometry(op, x, out, options)
     if "copy_of" in p:
         (hq, wq, shift), scratch = p["copy_of"], Scratch.EARLIER_COPY
@@ -722,7 +768,7 @@ def _input_layout(op: IROp, x: Value, out: Value, options: CompileOptions) -> _I
         hq, wq, shift, scratch = x.shape[1] + 2 * x.pad, x.shape[2] + 2 * x.pad, 0, Scratch.IN_PLACE
     ky, kx = ky * d + shift, kx * d + shift   # padded rows and columns, in the copy's padding
     taps = ((ky % s) * s + kx % s) * hq * wq + (ky // s) * wq + kx // s
-    return _InputLayout(scratch, False, hq, wq, s * s * hq * wq, taps)
+    return _InputLayout(scratch, Layout.PADDED, hq, wq, s * s * hq * wq, taps)
 
 
 def _density(op: IROp) -> float:
@@ -736,6 +782,15 @@ def _weight_fields(op: IROp, table: np.ndarray, layout: _InputLayout, out: Value
     w, groups = op.params["weight"], op.params["groups"]
     co, cin_g = w.shape[:2]
     flat = w.reshape(co, -1)
+    if layout.layout is Layout.SHIFTED:   # CSR segments per (chunk of input channels, output channel)
+        rows, cols = np.nonzero(flat)
+        chunk = cols // (w.shape[2] * w.shape[3]) // layout.chunk
+        order = np.lexsort((cols, rows, chunk))
+        rows, cols, chunk = rows[order], cols[order], chunk[order]
+        nchunks = -(-cin_g // layout.chunk)
+        rowptr = np.concatenate([[0], np.cumsum(np.bincount(chunk * co + rows, minlength=nchunks * co))])
+        return dict(ROWS16=0, DENSE=0, KTAPS=0, WEIGHT=pools.f(flat[rows, cols]), TAPS=pools.i(table[cols]),
+                    ROWPTR=pools.i(rowptr), AUX=layout.chunk)
     if _density(op) >= options.dense_threshold:
         return dict(DENSE=1, KTAPS=table.size, WEIGHT=pools.f(flat), TAPS=pools.i(table), ROWPTR=0)
     rows, cols = np.nonzero(flat)
@@ -743,7 +798,7 @@ def _weight_fields(op: IROp, table: np.ndarray, layout: _InputLayout, out: Value
     group_base = 0 if layout.scratch is Scratch.PER_CHANNEL else (rows // (co // groups)) * cin_g * layout.plane
     rowptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=co))])
     offsets = table[cols] + group_base
-    rows16 = (options.rows16 and layout.im2col and out.shape[1] * out.shape[2] == 16 and offsets.size > 0
+    rows16 = (options.rows16 and layout.layout is Layout.UNFOLDED and out.shape[1] * out.shape[2] == 16 and offsets.size > 0
               and offsets.max() // 16 < 2**16)
     if rows16:   # 16-bit row numbers, two per int32 word of the pool
         packed = (offsets // 16).astype(np.uint16)
@@ -799,13 +854,16 @@ def _conv_fields(op: IROp, x: Value, y: Value | None, out: Value, pools: _Pools,
     table = (np.arange(cin_g)[:, None] * layout.plane + layout.taps.ravel()[None, :]).ravel()
     fields = _shape_fields(x, out, op.act)
     fields.update(K=k, STRIDE=p["stride"], PAD=p["pad"], DIL=p["dil"], GROUPS=p["groups"], IN_ACT=op.in_act,
-                  HQ=layout.hq, WQ=layout.wq, SCRATCH=layout.scratch, IM2COL=int(layout.im2col), OUT_PAD=out.pad,
+                  HQ=layout.hq, WQ=layout.wq, SCRATCH=layout.scratch, IM2COL=layout.layout, OUT_PAD=out.pad,
                   Y_PAD=y.pad if y is not None else 0, BIAS=pools.f(p["bias"]) if p["bias"] is not None else -1)
     fields.update(_weight_fields(op, table, layout, out, pools, options))
     used, phases = _copied_channels(op, bool(fields["DENSE"]), x.shape[0], options)
     fields.update(CHANNELS=pools.i(used), NCHANNELS=used.size, PHASES=phases)
     planes = 1 if layout.scratch is Scratch.PER_CHANNEL else x.shape[0]
     scratch = planes * layout.plane if layout.scratch is not Scratch.IN_PLACE else 0
+    if layout.layout is Layout.SHIFTED:
+        fields["AUX2"] = layout.at
+        scratch += layout.at
     return fields, scratch, int(np.count_nonzero(w)) * out.shape[1] * out.shape[2]
 
 

@@ -49,6 +49,15 @@ class Scratch(IntEnum):
                       # computing it (taps address one plane)
 
 
+class Layout(IntEnum):
+    """The layout of a conv's copy of its input (``Field.IM2COL``)."""
+
+    PADDED = 0        # zero-padded planes of HQ x WQ (s*s phase planes when strided)
+    UNFOLDED = 1      # one row of HO*WO floats per tap (small planes)
+    SHIFTED = 2       # stride 1: K planes of HQ x WQ (= WO) floats per channel, plane kx shifted by kx*DIL
+                      # columns, each starting on a cache line: every tap reads one aligned run of HO*WO floats
+
+
 class PoolKind(IntEnum):
     """Pooling kinds (``Field.AUX`` of a pool)."""
 
@@ -98,7 +107,7 @@ class Field(IntEnum):
     CHANNELS = 35
     NCHANNELS = 36
     PHASES = 37
-    IM2COL = 38
+    IM2COL = 38       # a Layout code (named when it was a flag for unfolded copies)
     ROWS16 = 39
     Y_PAD = 40
 
@@ -106,8 +115,14 @@ class Field(IntEnum):
 N_FIELDS = len(Field)
 IM2COL_MAX_PADDED = 1024  # floats: the runtime unfolds through a padded copy of this size on the stack
 
+
+def shifted_plane(hq: int, wq: int) -> int:
+    """Floats between the column-shifted planes of a channel (``Layout.SHIFTED``): whole cache lines."""
+    return -(-hq * wq // 16) * 16
+
 # The enums by the names the runtime's signature gives them.
-ENUMS: dict[str, type[IntEnum]] = {"op": Op, "act": Act, "scratch": Scratch, "pool": PoolKind, "field": Field}
+ENUMS: dict[str, type[IntEnum]] = {"op": Op, "act": Act, "scratch": Scratch, "layout": Layout, "pool": PoolKind,
+                                   "field": Field}
 
 
 def _sections() -> dict[str, str]:

@@ -28,7 +28,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import DassError
-from .program import IM2COL_MAX_PADDED, N_FIELDS, Act, Field, Op, PoolKind, Program, Scratch
+from .program import IM2COL_MAX_PADDED, N_FIELDS, Act, Field, Layout, Op, PoolKind, Program, Scratch, shifted_plane
 
 REEXPORT = "re-export the model with `dass export RUN_DIR`"
 MAX_FIELD = 2**30 - 1      # |value| of any field an instruction uses
@@ -147,6 +147,7 @@ _CONV_READS: dict[str, dict[str, int]] = {
     "in_place": _operand("X"),                                              # IN_PLACE (EARLIER_COPY: no x)
     "dense": {"KTAPS": 0, "TAPS": 0, "WEIGHT": 0},
     "sparse": {"ROWPTR": 0, "TAPS": 0, "WEIGHT": 0},
+    "shifted": {"AUX": 1, "AUX2": 0},                                       # chunk, place of the copy
 }
 
 
@@ -355,22 +356,27 @@ class _Convs:
         self.rows = rows = _rows(ops, Op.CONV)
         raw = lambda name: t.ins[rows, Field[name]]   # noqa: E731
         self.mode = raw("SCRATCH")
-        self.im2col, self.dense = raw("IM2COL") != 0, raw("DENSE") != 0
+        self.layout = raw("IM2COL")
+        self.im2col, self.shifted = self.layout == Layout.UNFOLDED, self.layout == Layout.SHIFTED
+        self.dense = raw("DENSE") != 0
         self.rows16 = (raw("ROWS16") != 0) & ~self.dense   # (the dense layout comes first)
         self.has_y, self.has_bias = raw("Y") >= 0, raw("BIAS") >= 0
         self.copying = (self.mode == _OWN_COPY) | (self.mode == _PER_THREAD) | (self.mode == _PER_CHANNEL)
         variants = {"planes": ~self.im2col, "residual": self.has_y, "bias": self.has_bias, "copy": self.copying,
-                    "in_place": self.mode == _IN_PLACE, "dense": self.dense, "sparse": ~self.dense}
+                    "in_place": self.mode == _IN_PLACE, "dense": self.dense, "sparse": ~self.dense,
+                    "shifted": self.shifted}
         self.variants = np.stack([variants[key] for key in _CONV_READS], axis=1).reshape(rows.size, len(_CONV_READS))
 
     def check_codes(self, t: _Table) -> None:
         t.code(self.rows, "SCRATCH", Scratch)
+        t.code(self.rows, "IM2COL", Layout)
         t.code(self.rows[self.copying], "IN_ACT", Act)
 
     def check(self, t: _Table) -> None:
         """The checks of the table, over all convs at once (a check of a variant holds where a conv is not of
         it); :meth:`check_pools` then reads the int pool."""
-        rows, mode, im2col, dense, copying = self.rows, self.mode, self.im2col, self.dense, self.copying
+        rows, mode, im2col, shifted, dense, copying = (self.rows, self.mode, self.im2col, self.shifted, self.dense,
+                                                       self.copying)
         if not rows.size:
             return
         c, h, w, co, ho, wo, k, s, dil, groups, opad, hq, wq, pad, yp, ktaps = t.col(
@@ -380,9 +386,11 @@ class _Convs:
         # cout_g = co / groups (every conv: 0 would divide by zero); group g reads from plane g * (cin / groups)
         t.need(rows, (c % groups == 0) & (co % groups == 0), "GROUPS", "must divide C and CO")
         # what the taps read, per input channel: an unfolded copy (im2col: K*K rows of HO*WO floats), or
-        # hq x wq planes (a copy: s*s phase planes); a tap reads HO rows of WO floats, WQ apart (im2col: one row)
+        # hq x wq planes (a copy: s*s phase planes; shifted: K planes on whole cache lines); a tap reads HO rows
+        # of WO floats, WQ apart (im2col: one row)
         pix = ho * wo
-        plane = np.where(im2col, k * k * pix, np.where(in_place, 1, s * s) * hq * wq)
+        plane = np.where(im2col, k * k * pix,
+                         np.where(shifted, k * shifted_plane(hq, wq), np.where(in_place, 1, s * s) * hq * wq))
         ext = np.where(im2col, pix, (ho - 1) * wq + wo)
         # floats per image the taps may read (PER_CHANNEL: depthwise, each channel's copy is its own one plane)
         per_channel = mode == _PER_CHANNEL
@@ -422,10 +430,24 @@ class _Convs:
         # build_phases: PHASES is a 64-bit mask of the s*s phase planes; each plane has hq rows of wq floats,
         # and the input rows and columns land in them up to PAD + H and PAD + W (at stride 1 the rows of the
         # plane are written that long: a shorter plane would be overrun)
-        phases = cp & flat
+        phases = cp & flat & ~shifted
         t.need(rows, s <= 8, "STRIDE", "a padded copy holds at most 8 x 8 phase planes", phases)
         t.need(rows, h + pad <= hq * s, "HQ", "the padded copy has fewer rows than PAD + H", phases)
         t.need(rows, w + pad <= wq * s, "WQ", "the padded copy has fewer columns than PAD + W", phases)
+        # run_conv_shifted: a stride-1 conv, not grouped, copies its input as K planes of HQ rows of WQ (= WO)
+        # floats at AUX2 floats per image into the scratch and computes tiles of 16*V of the HO*WO output pixels
+        # (flat planes: output and residual not stored padded) over CSR segments of chunks of AUX input channels
+        aux, at = t.col(rows, "AUX", "AUX2")
+        t.need(rows, ~shifted | ((mode == _OWN_COPY) & (s == 1) & (groups == 1) & ~dense), "IM2COL",
+               "a column-shifted copy is made by a stride-1 conv, not grouped, with sparse taps, into its own copy "
+               "(SCRATCH = OWN_COPY)")
+        t.need(rows, ~shifted | ((wq == wo) & (pix % 16 == 0) & (opad == 0) & (yp == 0)), "WQ", "a column-shifted "
+               "copy's rows are the output's (WQ = WO), of whole 16-pixel tiles, neither stored padded")
+        t.need(rows, ~shifted | ((aux >= 1) & (aux <= c)), "AUX", "a chunk holds 1 to C input channels")
+        t.need(rows, ~shifted | (at >= 0), "AUX2", "the copy's place in the scratch must be 0 or more")
+        t.need(rows, ~shifted | (at + src <= t.scratch), "AUX2", lambda j: f"the copy needs {at[j] + src[j]:.0f} "
+               f"floats per image, scratch_size is {t.scratch}")
+        self.segments = np.where(shifted, -(-c // np.maximum(aux, 1)) * co, co) + 1
         # the scratch: one shared copy of C planes per image, or one per thread (PER_THREAD at batch 1: C planes;
         # PER_CHANNEL: one plane)
         private = (mode == _PER_THREAD) | per_channel
@@ -436,7 +458,7 @@ class _Convs:
         # weights and taps: dense (KTAPS shared taps, CO x KTAPS weights) or CSR rows
         t.pool_range(rows, "TAPS", ktaps, "ipool", dense)
         t.pool_range(rows, "WEIGHT", co * ktaps, "fpool", dense)
-        t.pool_range(rows, "ROWPTR", co + 1, "ipool", ~dense)
+        t.pool_range(rows, "ROWPTR", self.segments, "ipool", ~dense)
         # the largest tap each conv may hold: its tile (ext) and, dense, its last group's planes stay in src
         self.top = src - ext - np.where(dense & ~per_channel, (groups - 1) * (c / groups) * plane, 0.0)
         self.src, self.c, self.co = src, c, co
@@ -454,7 +476,7 @@ class _Convs:
         taps_at, count = ins[:, _FIELD["TAPS"]], ins[:, _FIELD["KTAPS"]].copy()
         sparse = _nonzero(~self.dense)
         if sparse.size:   # CSR rows: taps[rowptr[o] .. rowptr[o + 1]) and as many weights (conv_channel)
-            start, length = ins[sparse, _FIELD["ROWPTR"]], ins[sparse, _FIELD["CO"]] + 1
+            start, length = ins[sparse, _FIELD["ROWPTR"]], self.segments[sparse].astype(np.int64)
             begin = np.concatenate([[0], np.cumsum(length)[:-1]])
             rowptr = ip[np.repeat(start - begin, length) + np.arange(length.sum())].astype(np.int64)
             first, last = rowptr[begin], rowptr[begin + length - 1]

@@ -40,6 +40,8 @@ namespace {
 #define DASS_ACTS(M) M(NONE, 0) M(RELU, 1) M(RELU6, 2)
 // Where a conv reads its input (F_SCRATCH), see run_conv.
 #define DASS_SCRATCH(M) M(IN_PLACE, 0) M(OWN_COPY, 1) M(EARLIER_COPY, 2) M(PER_THREAD, 3) M(PER_CHANNEL, 4)
+// F_IM2COL: the layout of a conv's copy of its input, see run_conv.
+#define DASS_LAYOUTS(M) M(PADDED, 0) M(UNFOLDED, 1) M(SHIFTED, 2)
 // F_AUX of a pool: max, average over the window's pixels inside the plane, average counting the padding.
 #define DASS_POOLS(M) M(MAX, 0) M(AVG_INSIDE, 1) M(AVG_PADDED, 2)
 // Instruction fields (int64 each).
@@ -59,7 +61,7 @@ namespace {
   M(X_AT, 32) M(Y_AT, 33) M(OUT_AT, 34)     /* offsets inside an image (a channel slice of a bigger one) */ \
   M(CHANNELS, 35) M(NCHANNELS, 36)          /* input channels some tap reads (int pool): those are copied */\
   M(PHASES, 37)                             /* bit (a*s + b): some tap reads phase plane (a, b) */          \
-  M(IM2COL, 38)                             /* small planes: one contiguous row of output pixels per tap */ \
+  M(IM2COL, 38)                             /* the copy's layout (Layout): padded, unfolded, shifted */      \
   M(ROWS16, 39)                             /* 1: unfolded 16-pixel rows, taps as 16-bit row numbers */     \
   M(Y_PAD, 40)                              /* >0: the residual y is stored zero-padded by this much */
 // For tiny output planes the compiler unfolds inputs through a padded copy of at most this many floats on
@@ -69,12 +71,14 @@ namespace {
 #define DASS_OP_CODE(name, value) OP_##name = value,
 #define DASS_ACT_CODE(name, value) ACT_##name = value,
 #define DASS_SCRATCH_CODE(name, value) SCRATCH_##name = value,
+#define DASS_LAYOUT_CODE(name, value) LAYOUT_##name = value,
 #define DASS_POOL_CODE(name, value) POOL_##name = value,
 #define DASS_FIELD_CODE(name, value) F_##name = value,
 #define DASS_COUNT(name, value) +1
 enum Op : int64_t { DASS_OPS(DASS_OP_CODE) };
 enum Act : int64_t { DASS_ACTS(DASS_ACT_CODE) };
 enum Scratch : int64_t { DASS_SCRATCH(DASS_SCRATCH_CODE) };
+enum Layout : int64_t { DASS_LAYOUTS(DASS_LAYOUT_CODE) };
 enum PoolKind : int64_t { DASS_POOLS(DASS_POOL_CODE) };
 enum Field { DASS_FIELDS(DASS_FIELD_CODE) };
 constexpr int64_t N_FIELDS = 0 DASS_FIELDS(DASS_COUNT);
@@ -84,7 +88,7 @@ constexpr int64_t kIm2colMaxPadded = DASS_IM2COL_MAX_PADDED;
 #define DASS_STRING(x) DASS_STRING_(x)
 #define DASS_STRING_(x) #x
 constexpr char kSignature[] =
-    "op:" DASS_OPS(DASS_SPELL) ";act:" DASS_ACTS(DASS_SPELL) ";scratch:" DASS_SCRATCH(DASS_SPELL)
+    "op:" DASS_OPS(DASS_SPELL) ";act:" DASS_ACTS(DASS_SPELL) ";scratch:" DASS_SCRATCH(DASS_SPELL) ";layout:" DASS_LAYOUTS(DASS_SPELL)
     ";pool:" DASS_POOLS(DASS_SPELL) ";field:" DASS_FIELDS(DASS_SPELL)
     ";limits:IM2COL_MAX_PADDED=" DASS_STRING(DASS_IM2COL_MAX_PADDED) ",";
 
@@ -353,20 +357,21 @@ void zero_border(float* plane, int64_t hp, int64_t wp, int64_t p) {
 }
 
 #if DASS_V16
-// Rows [q0, q1) of a copy of one plane padded by `pad` (wq floats a row) with `fill` outside the plane, 16
-// columns at a time: masked loads read only the plane's columns (never memory outside the row), a masked store
-// ends the row. The input activation applies to the loaded values (a nonzero fill takes none: pools).
+// Rows [q0, q1) of a copy of one plane padded by `pad` (wq floats a row, column x holding padded column
+// x + col0) with `fill` outside the plane, 16 columns at a time: masked loads read only the plane's columns
+// (never memory outside the row), a masked store ends the row. The input activation applies to the loaded
+// values (a nonzero fill takes none: pools).
 void fill_rows_v16(const float* in, int64_t h, int64_t wd, int64_t pad, int64_t wq, float fill, int64_t in_act,
-                   int64_t q0, int64_t q1, float* out) {
+                   int64_t q0, int64_t q1, float* out, int64_t col0 = 0) {
   const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   const __m512 outside = _mm512_set1_ps(fill), zero = _mm512_setzero_ps(), six = _mm512_set1_ps(6.f);
   for (int64_t q = q0; q < q1; ++q) {
     const int64_t y = q - pad;
     const bool inside = y >= 0 && y < h;
-    const float* src = in + y * wd - pad;   // src[c]: padded column c, valid for pad <= c < pad + wd
+    const float* src = in + y * wd - pad + col0;   // src[c]: padded column c + col0
     for (int64_t x = 0; x < wq; x += 16) {
-      const __m512i col = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(x)), lane);
-      const __mmask16 keep = _mm512_cmplt_epi32_mask(col, _mm512_set1_epi32(static_cast<int>(wq)));
+      const __m512i col = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(x + col0)), lane);
+      const __mmask16 keep = _mm512_cmplt_epi32_mask(col, _mm512_set1_epi32(static_cast<int>(wq + col0)));
       const __mmask16 valid = inside ? keep & _mm512_cmpge_epi32_mask(col, _mm512_set1_epi32(static_cast<int>(pad))) &
                                            _mm512_cmplt_epi32_mask(col, _mm512_set1_epi32(static_cast<int>(pad + wd)))
                                      : __mmask16{0};
@@ -493,6 +498,67 @@ void build_phases(const float* in, int64_t h, int64_t wd, int64_t pad, int64_t s
         std::fill(row + r1, row + wq, 0.f);
       }
     }
+}
+
+// Floats between the column-shifted planes of one input channel (LAYOUT_SHIFTED): whole cache lines, so that
+// every plane starts aligned.
+inline int64_t shifted_plane(int64_t hq, int64_t wq) { return (hq * wq + 15) / 16 * 16; }
+
+// The column-shifted copy of one input channel for a stride-1 conv (LAYOUT_SHIFTED): k planes of hq rows of wq
+// (= the output's width) floats, plane kx holding padded column x + kx * dil at column x. A tap (ky, kx) then
+// reads plane kx from row ky * dil on, and an output plane is one contiguous run of ho * wq floats: each tap is
+// aligned loads (in a padded plane, two taps of three straddle cache lines; such loads cost twice).
+__attribute__((optimize("no-tree-loop-distribute-patterns")))
+void build_shifted(const float* in, int64_t h, int64_t wd, int64_t pad, int64_t k, int64_t dil, int64_t hq,
+                   int64_t wq, int64_t in_act, float* out) {
+  const int64_t sub = shifted_plane(hq, wq);
+#if DASS_V16
+  if (k == 3 && dil == 1 && pad == 1 && wq == wd && wd % 16 == 0) {   // the common 3x3 conv: one load per vector
+    const __m512 zero = _mm512_setzero_ps(), six = _mm512_set1_ps(6.f);
+    for (int64_t q = 0; q < hq; ++q) {
+      float* r0 = out + q * wq;
+      float* r1 = r0 + sub;
+      float* r2 = r1 + sub;
+      const int64_t y = q - 1;
+      if (y < 0 || y >= h) {
+        for (int64_t x = 0; x < wq; x += 16) {
+          _mm512_storeu_ps(r0 + x, zero);
+          _mm512_storeu_ps(r1 + x, zero);
+          _mm512_storeu_ps(r2 + x, zero);
+        }
+        continue;
+      }
+      const float* row = in + y * wd;
+      auto load = [&](int64_t x) {
+        __m512 v = _mm512_loadu_ps(row + x);
+        if (in_act == ACT_RELU) v = _mm512_max_ps(v, zero);
+        else if (in_act == ACT_RELU6) v = _mm512_min_ps(_mm512_max_ps(v, zero), six);
+        return _mm512_castps_si512(v);
+      };
+      __m512i before = _mm512_setzero_si512(), cur = load(0);
+      for (int64_t x = 0; x < wq; x += 16) {   // plane kx at column x holds input column x + kx - 1
+        const __m512i after = x + 16 < wq ? load(x + 16) : _mm512_setzero_si512();
+        _mm512_storeu_ps(r0 + x, _mm512_castsi512_ps(_mm512_alignr_epi32(cur, before, 15)));
+        _mm512_storeu_ps(r1 + x, _mm512_castsi512_ps(cur));
+        _mm512_storeu_ps(r2 + x, _mm512_castsi512_ps(_mm512_alignr_epi32(after, cur, 1)));
+        before = cur;
+        cur = after;
+      }
+    }
+    return;
+  }
+#endif
+  for (int64_t kx = 0; kx < k; ++kx) {
+#if DASS_V16
+    fill_rows_v16(in, h, wd, pad, wq, 0.f, in_act, 0, hq, out + kx * sub, kx * dil);
+#else
+    for (int64_t q = 0; q < hq; ++q)
+      for (int64_t x = 0; x < wq; ++x) {
+        const int64_t y = q - pad, c = x + kx * dil - pad;
+        out[kx * sub + q * wq + x] = y >= 0 && y < h && c >= 0 && c < wd ? act_apply(in[y * wd + c], in_act) : 0.f;
+      }
+#endif
+  }
 }
 
 // The barrier between instructions. OpenMP's own barriers spin for a long time before sleeping; when the
@@ -622,8 +688,125 @@ void share_equally(Counter* next, int64_t total, Fn fn) {
   share_work(next, [&](int64_t t) { return t <= 0 ? 0 : (t >= nth ? total : total * t / nth); }, fn);
 }
 
+// One tile of 16*V output pixels of one output channel over the taps of one chunk of input channels
+// (LAYOUT_SHIFTED): the partial sums of the earlier chunks wait in dst; the first chunk starts from the bias,
+// the last adds the residual and applies the activation.
+template <int V>
+inline void shifted_tile(const float* __restrict src, const int32_t* __restrict taps, const float* __restrict w,
+                         int64_t count, float* __restrict dst, float bias, bool first, bool last, int64_t act,
+                         const float* __restrict res) {
+#if DASS_V16
+  typedef v16f VT;
+  typedef v16u VU;
+  constexpr int L = 16, NV = V;
+#else
+  typedef v8f VT;
+  typedef v8u VU;
+  constexpr int L = 8, NV = 2 * V;
+#endif
+  constexpr int U = NV >= 8 ? 1 : (NV >= 4 ? 2 : 4);   // at least 8 independent multiply-add chains
+  VT acc[U][NV];
+#pragma GCC unroll 16
+  for (int v = 0; v < NV; ++v) {
+    acc[0][v] = first ? VT{} + bias : *reinterpret_cast<const VU*>(dst + v * L);
+#pragma GCC unroll 4
+    for (int u = 1; u < U; ++u) acc[u][v] = VT{};
+  }
+  int64_t j = 0;
+  for (; j + U <= count; j += U)
+#pragma GCC unroll 4
+    for (int u = 0; u < U; ++u) {
+      const float* __restrict p = src + taps[j + u];
+      const float wj = w[j + u];
+#pragma GCC unroll 16
+      for (int v = 0; v < NV; ++v) acc[u][v] += wj * *reinterpret_cast<const VU*>(p + v * L);
+    }
+  for (; j < count; ++j) {
+    const float* __restrict p = src + taps[j];
+    const float wj = w[j];
+#pragma GCC unroll 16
+    for (int v = 0; v < NV; ++v) acc[0][v] += wj * *reinterpret_cast<const VU*>(p + v * L);
+  }
+#pragma GCC unroll 16
+  for (int v = 0; v < NV; ++v) {
+    VT sum = acc[0][v];
+#pragma GCC unroll 4
+    for (int u = 1; u < U; ++u) sum += acc[u][v];
+    if (last) {
+      if (res) sum += *reinterpret_cast<const VU*>(res + v * L);
+      sum = act_vec(sum, act);
+    }
+    *reinterpret_cast<VU*>(dst + v * L) = sum;
+  }
+}
+
+// A stride-1 conv on column-shifted copies (LAYOUT_SHIFTED), blocked for L1. In the output-channel order of
+// run_conv every tap loads its input rows again from L2 for every output channel (a 64-channel 32x32 input is
+// 256 KB per image): the convs ran at the rate of L2, one cache line per multiply-add. Here the taps of each
+// output channel are split by chunks of F_AUX input channels (the compiler sizes a chunk's rows to stay in L1),
+// stored chunk by chunk (row pointers per (chunk, output channel)), and the loops go: a tile of 16*V output
+// pixels, then a chunk, then every output channel, so all output channels read a chunk's rows while they are in
+// L1; partial sums wait in the output. Work units: images (a batch of at least one image per thread: each
+// thread copies the image it computes into its own scratch, no barrier), or (image, block of output channels)
+// after a shared copy.
+template <int V>
+void run_conv_shifted(const int64_t* f, const Ctx& c, Counter* next) {
+  const int64_t n = c.batch, cin = f[F_C], h = f[F_H], wd = f[F_W], co = f[F_CO], ho = f[F_HO], wo = f[F_WO];
+  const int64_t hq = f[F_HQ], wq = f[F_WQ], k = f[F_K], chunk = f[F_AUX];
+  const int64_t plane = k * shifted_plane(hq, wq), pix = ho * wo, src_img = cin * plane;
+  const int64_t nchunks = (cin + chunk - 1) / chunk, nth = omp_get_num_threads();
+  const float* x = c.at(f, F_X, F_X_AT);
+  float* out = c.at(f, F_OUT, F_OUT_AT);
+  const float* res = f[F_Y] >= 0 ? c.at(f, F_Y, F_Y_AT) : nullptr;
+  const float* bias = f[F_BIAS] >= 0 ? c.fpool + f[F_BIAS] : nullptr;
+  const float* weight = c.fpool + f[F_WEIGHT];
+  const int32_t* rowptr = c.ipool + f[F_ROWPTR];   // (chunk, output channel) segments: nchunks * co + 1
+  const int32_t* taps = c.ipool + f[F_TAPS];
+  const int32_t* used = c.ipool + f[F_CHANNELS];
+  const int64_t nused = f[F_NCHANNELS];
+  float* const base = c.scratch + f[F_AUX2] * n;   // (after a copy a later conv still reads, see the compiler)
+  auto copy_image = [&](int64_t i, int64_t k_used, float* dst) {
+    build_shifted(x + i * f[F_X_IMG] + used[k_used] * h * wd, h, wd, f[F_PAD], k, f[F_DIL], hq, wq, f[F_IN_ACT],
+                  dst + used[k_used] * plane);
+  };
+  auto compute = [&](const float* src, int64_t i, int64_t o0, int64_t o1) {   // image i, output channels [o0, o1)
+    float* dst = out + i * f[F_OUT_IMG];
+    const float* r = res ? res + i * f[F_Y_IMG] : nullptr;
+    for (int64_t p0 = 0; p0 < pix; p0 += 16 * V)
+      for (int64_t ch = 0; ch < nchunks; ++ch)
+        for (int64_t o = o0; o < o1; ++o) {
+          const int64_t lo = rowptr[ch * co + o], hi = rowptr[ch * co + o + 1];
+          shifted_tile<V>(src + p0, taps + lo, weight + lo, hi - lo, dst + o * pix + p0, bias ? bias[o] : 0.f, ch == 0,
+                          ch == nchunks - 1, f[F_ACT], r ? r + o * pix + p0 : nullptr);
+        }
+  };
+  if (n >= nth) {
+    float* const own = base + omp_get_thread_num() * src_img;
+    share_equally(next, n, [&](int64_t i) {
+      for (int64_t u = 0; u < nused; ++u) copy_image(i, u, own);
+      compute(own, i, 0, co);
+    });
+    return;
+  }
+  share_equally(next + nth, n * nused, [&](int64_t idx) { copy_image(idx / nused, idx % nused, base + idx / nused * src_img); });
+  c.barrier->wait(omp_get_thread_num());
+  const int64_t oblocks = std::min<int64_t>(co, (2 * nth + n - 1) / n), per = (co + oblocks - 1) / oblocks;
+  share_equally(next, n * oblocks, [&](int64_t idx) {
+    const int64_t i = idx / oblocks, o0 = idx % oblocks * per;
+    compute(base + i * src_img, i, o0, std::min(co, o0 + per));
+  });
+}
+
 // `next`: 2 x threads zeroed counters (the copy's units, then the output channels)
 void run_conv(const int64_t* f, const Ctx& c, Counter* next) {
+  if (f[F_IM2COL] == LAYOUT_SHIFTED) {   // 16*V output pixels per tile: the most that divide the plane, up to 256
+    const int64_t pix = f[F_HO] * f[F_WO];
+    if (pix % 256 == 0) return run_conv_shifted<16>(f, c, next);
+    if (pix % 128 == 0) return run_conv_shifted<8>(f, c, next);
+    if (pix % 64 == 0) return run_conv_shifted<4>(f, c, next);
+    if (pix % 32 == 0) return run_conv_shifted<2>(f, c, next);
+    return run_conv_shifted<1>(f, c, next);
+  }
   const int64_t n = c.batch, cin = f[F_C], h = f[F_H], wd = f[F_W], co = f[F_CO], ho = f[F_HO], wo = f[F_WO];
   const int64_t s = f[F_STRIDE], hq = f[F_HQ], wq = f[F_WQ];
   const float* x = c.at(f, F_X, F_X_AT);
@@ -631,9 +814,12 @@ void run_conv(const int64_t* f, const Ctx& c, Counter* next) {
   const int64_t x_img = f[F_X_IMG], out_img = f[F_OUT_IMG];
   const float* src = x;
   int64_t src_img = x_img;
-  const bool im2col = f[F_IM2COL] != 0;
-  // (an input stored padded by its producer has no copy: hq x wq are its padded planes)
-  const int64_t plane = im2col ? f[F_K] * f[F_K] * ho * wo : (f[F_SCRATCH] != SCRATCH_IN_PLACE ? s * s : 1) * hq * wq;
+  // the copy's layout: padded (phase-split when strided) planes of hq x wq, unfolded rows, or column-shifted
+  // planes (an input stored padded by its producer has no copy: hq x wq are its padded planes)
+  const bool im2col = f[F_IM2COL] == LAYOUT_UNFOLDED, shifted = f[F_IM2COL] == LAYOUT_SHIFTED;
+  const int64_t plane = im2col    ? f[F_K] * f[F_K] * ho * wo
+                        : shifted ? f[F_K] * shifted_plane(hq, wq)
+                                  : (f[F_SCRATCH] != SCRATCH_IN_PLACE ? s * s : 1) * hq * wq;
   // F_SCRATCH: IN_PLACE reads x; OWN_COPY makes a padded / unfolded copy of x, shared by the threads;
   // EARLIER_COPY reads the copy an earlier conv made of the same input; PER_THREAD unfolds x into a copy of
   // each thread's own (the 4x4 planes at batch 1: no barrier after it, no reads of what the other core wrote:
@@ -662,6 +848,8 @@ void run_conv(const int64_t* f, const Ctx& c, Counter* next) {
     const float* in = x + i * x_img + ch * h * wd;
     if (im2col) {
       build_im2col(in, h, wd, f[F_K], s, f[F_PAD], f[F_DIL], ho, wo, f[F_IN_ACT], dst);
+    } else if (shifted) {
+      build_shifted(in, h, wd, f[F_PAD], f[F_K], f[F_DIL], hq, wq, f[F_IN_ACT], dst);
     } else {
       build_phases(in, h, wd, f[F_PAD], s, hq, wq, f[F_IN_ACT], f[F_PHASES], dst);
     }
@@ -1023,11 +1211,13 @@ int dass_run(const int64_t* program, int64_t count, float* arena, float* scratch
   Barrier barrier;
   const int64_t per_op = 2 * std::max(threads, 1);
   std::vector<Counter> claimed(count * per_op);   // units of each thread's shares claimed so far, per instruction
-  // which copies a later conv reads (the copy the last copying conv made; any other scratch user overwrites it)
+  // which copies a later conv reads (the copy the last copying conv made; any other scratch user overwrites it,
+  // but a shifted copy placed after it in the scratch)
   std::vector<uint8_t> copy_read_later(count, 0);
   for (int64_t k = count - 1, pending = 0; k >= 0; --k) {
     const int64_t* f = program + k * N_FIELDS;
     if (f[F_OP] != OP_CONV || f[F_SCRATCH] == SCRATCH_IN_PLACE) continue;
+    if (f[F_IM2COL] == LAYOUT_SHIFTED && f[F_AUX2] > 0) continue;
     if (f[F_SCRATCH] == SCRATCH_EARLIER_COPY) {
       pending = 1;
     } else {
