@@ -12,7 +12,7 @@ from dass.deploy import native
 from dass.deploy.compiler import FUNCTION_LOWERINGS, MODULE_LOWERINGS, CompileOptions, compile_model, register_lowering
 from dass.deploy.export import synthetic_model
 from dass.deploy.packed import PackedModel
-from dass.deploy.program import Act, Field, Scratch, signature, signature_mismatch
+from dass.deploy.program import Act, Field, Layout, Scratch, signature, signature_mismatch
 from dass.errors import DassError
 
 TOL = 1e-4
@@ -79,17 +79,18 @@ def test_each_option_switches_its_layout_off():
     with torch.no_grad():
         ref = model(x).numpy()
 
-    def count(options: CompileOptions) -> tuple[int, int, int, int]:
-        prog = compile_model(model, (3, 32, 32), options=options)
+    def count(**options: bool) -> tuple[int, ...]:
+        prog = compile_model(model, (3, 32, 32), options=CompileOptions(**options))
         assert np.abs(PackedModel(prog)(x.numpy()) - ref).max() < TOL
         i = prog.instructions
         return (int((i[:, Field.OUT_PAD] > 0).sum()), int((i[:, Field.SCRATCH] == Scratch.EARLIER_COPY).sum()),
-                int((i[:, Field.SCRATCH] == Scratch.PER_THREAD).sum()), int(i[:, Field.ROWS16].sum()))
+                int((i[:, Field.SCRATCH] == Scratch.PER_THREAD).sum()), int(i[:, Field.ROWS16].sum()),
+                int((i[:, Field.IM2COL] == Layout.SHIFTED).sum()))
 
-    default = count(CompileOptions())
-    assert all(default)
-    for k, option in enumerate(["pad_values", "share_copies", "private_unfold", "rows16"]):
-        assert count(CompileOptions(**{option: False}))[k] == 0, option
+    # (column-shifted copies take the place of padded outputs and shared copies where they apply)
+    assert all(count()[2:]) and all(count(shifted_copies=False)[:4])
+    for k, option in enumerate(["pad_values", "share_copies", "private_unfold", "rows16", "shifted_copies"]):
+        assert count(**{option: False, "shifted_copies": False})[k] == 0, option
 
 
 def test_runtime_codes_match_the_compiler():

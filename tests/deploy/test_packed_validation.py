@@ -34,8 +34,8 @@ REEXPORT = "dass export RUN_DIR"
 
 class Everything(nn.Module):
     """Every op and conv variant of the format: convs reading their input copied (stride 1, 2, 3), in place
-    from a padded value, or from an earlier conv's copy; a conv on column-shifted copies (with a fused residual,
-    placed after the copy a later conv reads); unfolded convs (shared and per-thread copies, 16-bit
+    from a padded value, or from an earlier conv's copy; convs on column-shifted copies (stride 1 and 2, with a
+    fused residual, placed after the copy a later conv reads); unfolded convs (shared and per-thread copies, 16-bit
     taps, dense); dense grouped and dilated; a fused residual read padded; pools of each kind; a zero op and a
     pool written into their slices of a concatenation; depthwise convs copying each channel as they go (sparse
     and dense); channel copies; a BN left as an affine op; crops and pads;
@@ -46,7 +46,8 @@ class Everything(nn.Module):
         self.stem = SparseConv2d(3, 8, 1, bias=True)
         self.conv2 = SparseConv2d(8, 8, 3, padding=1, groups=2, bias=True)
         self.dense = nn.Conv2d(8, 8, 3, padding=2, dilation=2, groups=2)
-        self.down = SparseConv2d(8, 12, 3, stride=2, padding=1)
+        self.down = SparseConv2d(8, 12, 3, stride=2, padding=1, groups=2)
+        self.down2 = SparseConv2d(8, 12, 3, stride=2, padding=1)
         self.short = SparseConv2d(8, 12, 1, stride=2)
         self.mid = SparseConv2d(12, 12, 3, padding=1)
         self.s3 = SparseConv2d(8, 4, 3, stride=3, padding=1)
@@ -66,7 +67,7 @@ class Everything(nn.Module):
         y = F.relu(self.conv2(h) + h)
         d = self.dense(y)
         a = self.down(d)
-        a = self.mid(a) + a + self.short(d)
+        a = self.mid(a) + a + self.short(d) + self.down2(d)
         m = self.max(a)
         sm = F.relu(self.small(a))
         z = F.relu6(self.bn(torch.cat([self.tiny(sm), m, m * 0.0], dim=1)))
@@ -159,7 +160,8 @@ def test_the_test_model_covers_every_op_and_conv_variant(program, model, x):
         assert convs[:, Field[name]].max() > 0, name
     assert set(convs[:, Field.IM2COL]) == {int(layout) for layout in Layout}
     shifted = convs[convs[:, Field.IM2COL] == Layout.SHIFTED]
-    assert (shifted[:, Field.AUX2] > 0).all() and (shifted[:, Field.Y] >= 0).all()
+    assert (shifted[:, Field.AUX2] > 0).all() and (shifted[:, Field.Y] >= 0).any()
+    assert set(shifted[:, Field.STRIDE]) == {1, 2}
     assert (convs[:, Field.Y] >= 0).any() and (convs[:, Field.GROUPS] > 1).any()
     assert set(ins[ins[:, Field.OP] == Op.POOL][:, Field.AUX]) == {0, 1, 2}
     zero = _first(program, Op.ZERO)
@@ -237,7 +239,9 @@ def test_offsets_and_sizes_out_of_range_are_refused(program, field, value, match
     ("AUX2", 10**6, "scratch_size"),
     ("WQ", 7, "WQ = WO"),
     ("OUT_PAD", 1, "outside its"),
-    ("STRIDE", 2, "stride-1"),
+    ("STRIDE", 9, "stride 8 or less"),
+    ("PAD", 2, "HQ = HO"),
+    ("HQ", 11, "HQ = HO"),
     ("SCRATCH", int(Scratch.PER_THREAD), "SCRATCH = OWN_COPY"),
 ])
 def test_shifted_conv_fields_are_checked(program, field, value, match):

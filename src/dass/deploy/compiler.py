@@ -522,11 +522,12 @@ def _unfolds(op: IROp, x: Value, out: Value, options: CompileOptions) -> bool:
 
 
 def _shifted_copy(op: IROp, x: Value, out: Value, options: CompileOptions) -> bool:
-    """Whether this stride-1 conv copies its input as K column-shifted planes (``Layout.SHIFTED``) rather than
-    one padded plane: every tap then reads the output plane's pixels as one run of aligned vectors. (Depthwise
-    convs copy one channel at a time into L1 instead, see ``_per_channel_copy``.)"""
+    """Whether this conv (stride 1 or 2) copies its input as K*s column-shifted planes (``Layout.SHIFTED``) rather
+    than one padded (phase-split) plane: every tap then reads the output plane's pixels as one run of aligned
+    vectors, and the runtime blocks the taps for L1. Only where the copy pays: about co*k*density multiply-adds per
+    copied float. (Depthwise convs copy one channel at a time into L1 instead, see ``_per_channel_copy``.)"""
     p, (co, _, k, _) = op.params, op.params["weight"].shape
-    return (options.shifted_copies and op.kind == "conv" and not p.get("linear") and p["stride"] == 1 and k > 1
+    return (options.shifted_copies and op.kind == "conv" and not p.get("linear") and p["stride"] <= 2 and k > 1
             and p["groups"] == 1 and out.shape[1] * out.shape[2] % 16 == 0 and not _unfolds(op, x, out, options)
             and co * k * _density(op) >= SHIFTED_MIN_REUSE)
 
@@ -544,8 +545,9 @@ def _shifted_chunk(op: IROp, x: Value, out: Value) -> int:
     _, ho, wo = out.shape
     pix = ho * wo
     tile = next(v * 16 for v in (16, 8, 4, 2, 1) if pix % (v * 16) == 0)   # as the runtime picks it
-    rows = -(-tile // wo) + (k - 1) * p["dil"]
-    per_channel = k * rows * min(tile, wo) * 4
+    s = p["stride"]
+    rows = -(-tile // wo) + (k - 1) * p["dil"] // s
+    per_channel = k * s * rows * min(tile, wo) * 4
     density = max(_density(op), 1e-9)
     want = max(L1_CHUNK_BYTES // per_channel, -(-TAPS_PER_SEGMENT // (k * k * density)))
     return int(min(cin, max(1, want)))
@@ -753,11 +755,12 @@ def _input_layout(op: IROp, x: Value, out: Value, options: CompileOptions) -> _I
         per_thread = options.private_unfold and s == 1 and k > 1
         return _InputLayout(Scratch.PER_THREAD if per_thread else Scratch.OWN_COPY, Layout.UNFOLDED, ho, wo,
                             k * k * ho * wo, (ky * k + kx) * ho * wo)
-    if _shifted_copy(op, x, out, options):   # plane kx from row ky * d: one run of ho * wo floats per tap
-        hq = x.shape[1] + 2 * p["pad"]
+    if _shifted_copy(op, x, out, options):   # plane (kx, ky*d % s) from row ky*d // s: ho * wo floats per tap
+        hq = ho + (k - 1) * d // s
         sub = shifted_plane(hq, wo)
-        return _InputLayout(Scratch.OWN_COPY, Layout.SHIFTED, hq, wo, k * sub, kx * sub + ky * d * wo,
-                            _shifted_chunk(op, x, out), p.get("scratch_at", 0))
+        return _InputLayout(Scratch.OWN_COPY, Layout.SHIFTED, hq, wo, k * s * sub,
+                            (kx * s + ky * d % s) * sub + ky * d // s * wo, _shifted_chunk(op, x, out),
+                            p.get("scratch_at", 0))
     geometry = _copy_geometry(op, x, out, options)
     if "copy_of" in p:
         (hq, wq, shift), scratch = p["copy_of"], Scratch.EARLIER_COPY

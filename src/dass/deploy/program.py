@@ -54,8 +54,9 @@ class Layout(IntEnum):
 
     PADDED = 0        # zero-padded planes of HQ x WQ (s*s phase planes when strided)
     UNFOLDED = 1      # one row of HO*WO floats per tap (small planes)
-    SHIFTED = 2       # stride 1: K planes of HQ x WQ (= WO) floats per channel, plane kx shifted by kx*DIL
-                      # columns, each starting on a cache line: every tap reads one aligned run of HO*WO floats
+    SHIFTED = 2       # K*STRIDE planes of HQ x WQ (= WO) floats per channel, plane (kx, a) holding padded pixel
+                      # (q*s + a, r*s + kx*DIL) at (q, r), each starting on a cache line: every tap reads one
+                      # aligned run of HO*WO floats
 
 
 class PoolKind(IntEnum):

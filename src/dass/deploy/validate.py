@@ -390,7 +390,7 @@ class _Convs:
         # of WO floats, WQ apart (im2col: one row)
         pix = ho * wo
         plane = np.where(im2col, k * k * pix,
-                         np.where(shifted, k * shifted_plane(hq, wq), np.where(in_place, 1, s * s) * hq * wq))
+                         np.where(shifted, k * s * shifted_plane(hq, wq), np.where(in_place, 1, s * s) * hq * wq))
         ext = np.where(im2col, pix, (ho - 1) * wq + wo)
         # floats per image the taps may read (PER_CHANNEL: depthwise, each channel's copy is its own one plane)
         per_channel = mode == _PER_CHANNEL
@@ -434,15 +434,19 @@ class _Convs:
         t.need(rows, s <= 8, "STRIDE", "a padded copy holds at most 8 x 8 phase planes", phases)
         t.need(rows, h + pad <= hq * s, "HQ", "the padded copy has fewer rows than PAD + H", phases)
         t.need(rows, w + pad <= wq * s, "WQ", "the padded copy has fewer columns than PAD + W", phases)
-        # run_conv_shifted: a stride-1 conv, not grouped, copies its input as K planes of HQ rows of WQ (= WO)
+        # run_conv_shifted: a conv, not grouped, copies its input as K*STRIDE planes of HQ rows of WQ (= WO)
         # floats at AUX2 floats per image into the scratch and computes tiles of 16*V of the HO*WO output pixels
         # (flat planes: output and residual not stored padded) over CSR segments of chunks of AUX input channels
         aux, at = t.col(rows, "AUX", "AUX2")
-        t.need(rows, ~shifted | ((mode == _OWN_COPY) & (s == 1) & (groups == 1) & ~dense), "IM2COL",
-               "a column-shifted copy is made by a stride-1 conv, not grouped, with sparse taps, into its own copy "
-               "(SCRATCH = OWN_COPY)")
+        t.need(rows, ~shifted | ((mode == _OWN_COPY) & (s <= 8) & (groups == 1) & ~dense), "IM2COL",
+               "a column-shifted copy is made by a conv of stride 8 or less, not grouped, with sparse taps, into its "
+               "own copy (SCRATCH = OWN_COPY)")
         t.need(rows, ~shifted | ((wq == wo) & (pix % 16 == 0) & (opad == 0) & (yp == 0)), "WQ", "a column-shifted "
                "copy's rows are the output's (WQ = WO), of whole 16-pixel tiles, neither stored padded")
+        reach = dil * (k - 1)
+        t.need(rows, ~shifted | ((ho == (h + 2 * pad - reach - 1) // s + 1) & (wo == (w + 2 * pad - reach - 1) // s + 1)
+                                 & (hq == ho + reach // s)), "PAD", "a column-shifted copy needs HO, WO (the conv's "
+               "output for H, W, PAD, K, DIL, STRIDE) and HQ = HO + DIL * (K - 1) / STRIDE")
         t.need(rows, ~shifted | ((aux >= 1) & (aux <= c)), "AUX", "a chunk holds 1 to C input channels")
         t.need(rows, ~shifted | (at >= 0), "AUX2", "the copy's place in the scratch must be 0 or more")
         t.need(rows, ~shifted | (at + src <= t.scratch), "AUX2", lambda j: f"the copy needs {at[j] + src[j]:.0f} "

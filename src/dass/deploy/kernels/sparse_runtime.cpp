@@ -504,61 +504,87 @@ void build_phases(const float* in, int64_t h, int64_t wd, int64_t pad, int64_t s
 // every plane starts aligned.
 inline int64_t shifted_plane(int64_t hq, int64_t wq) { return (hq * wq + 15) / 16 * 16; }
 
-// The column-shifted copy of one input channel for a stride-1 conv (LAYOUT_SHIFTED): k planes of hq rows of wq
-// (= the output's width) floats, plane kx holding padded column x + kx * dil at column x. A tap (ky, kx) then
-// reads plane kx from row ky * dil on, and an output plane is one contiguous run of ho * wq floats: each tap is
-// aligned loads (in a padded plane, two taps of three straddle cache lines; such loads cost twice).
+// The column-shifted copy of one input channel (LAYOUT_SHIFTED): k*s planes of hq rows of wq (= the output's
+// width) floats, plane kx*s + a holding padded pixel (q*s + a, r*s + kx*dil) at row q, column r. A tap
+// (ky, kx) then reads plane kx*s + (ky*dil) % s from row (ky*dil) / s on, and an output plane is one contiguous
+// run of ho * wq floats: each tap is aligned loads (in a padded plane, two taps of three straddle cache lines;
+// such loads cost twice).
 __attribute__((optimize("no-tree-loop-distribute-patterns")))
-void build_shifted(const float* in, int64_t h, int64_t wd, int64_t pad, int64_t k, int64_t dil, int64_t hq,
-                   int64_t wq, int64_t in_act, float* out) {
+void build_shifted(const float* in, int64_t h, int64_t wd, int64_t pad, int64_t k, int64_t s, int64_t dil,
+                   int64_t hq, int64_t wq, int64_t in_act, float* out) {
   const int64_t sub = shifted_plane(hq, wq);
 #if DASS_V16
-  if (k == 3 && dil == 1 && pad == 1 && wq == wd && wd % 16 == 0) {   // the common 3x3 conv: one load per vector
-    const __m512 zero = _mm512_setzero_ps(), six = _mm512_set1_ps(6.f);
-    for (int64_t q = 0; q < hq; ++q) {
-      float* r0 = out + q * wq;
-      float* r1 = r0 + sub;
-      float* r2 = r1 + sub;
-      const int64_t y = q - 1;
-      if (y < 0 || y >= h) {
-        for (int64_t x = 0; x < wq; x += 16) {
-          _mm512_storeu_ps(r0 + x, zero);
-          _mm512_storeu_ps(r1 + x, zero);
-          _mm512_storeu_ps(r2 + x, zero);
+  const __m512 zero = _mm512_setzero_ps(), six = _mm512_set1_ps(6.f);
+  auto act = [&](__m512 v) {
+    if (in_act == ACT_RELU) return _mm512_max_ps(v, zero);
+    if (in_act == ACT_RELU6) return _mm512_min_ps(_mm512_max_ps(v, zero), six);
+    return v;
+  };
+  if (k == 3 && dil == 1 && pad == 1 && wq % 16 == 0 && wd == s * wq && s <= 2) {   // the common 3x3 convs
+    // per 16 output columns: stride 1, one input vector; stride 2, two, split into even and odd columns
+    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+    for (int64_t a = 0; a < s; ++a)
+      for (int64_t q = 0; q < hq; ++q) {
+        float* r0 = out + a * sub + q * wq;   // planes kx = 0, 1, 2 (columns r*s - 1, r*s, r*s + 1)
+        float* r1 = r0 + s * sub;
+        float* r2 = r1 + s * sub;
+        const int64_t y = q * s + a - 1;
+        if (y < 0 || y >= h) {
+          for (int64_t x = 0; x < wq; x += 16) {
+            _mm512_storeu_ps(r0 + x, zero);
+            _mm512_storeu_ps(r1 + x, zero);
+            _mm512_storeu_ps(r2 + x, zero);
+          }
+          continue;
         }
-        continue;
+        const float* row = in + y * wd;
+        auto load = [&](int64_t x) {   // input columns s*x .. s*x + 15 (stride 1) or their even ones (stride 2)
+          if (s == 1) return _mm512_castps_si512(act(_mm512_loadu_ps(row + x)));
+          return _mm512_castps_si512(act(_mm512_permutex2var_ps(_mm512_loadu_ps(row + 2 * x), even,
+                                                                _mm512_loadu_ps(row + 2 * x + 16))));
+        };
+        auto load_odd = [&](int64_t x) {
+          return _mm512_castps_si512(act(_mm512_permutex2var_ps(_mm512_loadu_ps(row + 2 * x), odd,
+                                                                _mm512_loadu_ps(row + 2 * x + 16))));
+        };
+        // before / cur / after: the columns left of, at and right of each output column's centre
+        __m512i before_prev = _mm512_setzero_si512(), cur = load(0);
+        for (int64_t x = 0; x < wq; x += 16) {
+          if (s == 1) {
+            const __m512i after = x + 16 < wq ? load(x + 16) : _mm512_setzero_si512();
+            _mm512_storeu_ps(r0 + x, _mm512_castsi512_ps(_mm512_alignr_epi32(cur, before_prev, 15)));
+            _mm512_storeu_ps(r1 + x, _mm512_castsi512_ps(cur));
+            _mm512_storeu_ps(r2 + x, _mm512_castsi512_ps(_mm512_alignr_epi32(after, cur, 1)));
+            before_prev = cur;
+            cur = after;
+          } else {
+            const __m512i right = load_odd(x);   // column 2r + 1; column 2r - 1 is the previous odd one
+            _mm512_storeu_ps(r0 + x, _mm512_castsi512_ps(_mm512_alignr_epi32(right, before_prev, 15)));
+            _mm512_storeu_ps(r1 + x, _mm512_castsi512_ps(cur));
+            _mm512_storeu_ps(r2 + x, _mm512_castsi512_ps(right));
+            before_prev = right;
+            if (x + 16 < wq) cur = load(x + 16);
+          }
+        }
       }
-      const float* row = in + y * wd;
-      auto load = [&](int64_t x) {
-        __m512 v = _mm512_loadu_ps(row + x);
-        if (in_act == ACT_RELU) v = _mm512_max_ps(v, zero);
-        else if (in_act == ACT_RELU6) v = _mm512_min_ps(_mm512_max_ps(v, zero), six);
-        return _mm512_castps_si512(v);
-      };
-      __m512i before = _mm512_setzero_si512(), cur = load(0);
-      for (int64_t x = 0; x < wq; x += 16) {   // plane kx at column x holds input column x + kx - 1
-        const __m512i after = x + 16 < wq ? load(x + 16) : _mm512_setzero_si512();
-        _mm512_storeu_ps(r0 + x, _mm512_castsi512_ps(_mm512_alignr_epi32(cur, before, 15)));
-        _mm512_storeu_ps(r1 + x, _mm512_castsi512_ps(cur));
-        _mm512_storeu_ps(r2 + x, _mm512_castsi512_ps(_mm512_alignr_epi32(after, cur, 1)));
-        before = cur;
-        cur = after;
-      }
-    }
+    return;
+  }
+  if (s == 1) {
+    for (int64_t kx = 0; kx < k; ++kx) fill_rows_v16(in, h, wd, pad, wq, 0.f, in_act, 0, hq, out + kx * sub, kx * dil);
     return;
   }
 #endif
-  for (int64_t kx = 0; kx < k; ++kx) {
-#if DASS_V16
-    fill_rows_v16(in, h, wd, pad, wq, 0.f, in_act, 0, hq, out + kx * sub, kx * dil);
-#else
-    for (int64_t q = 0; q < hq; ++q)
-      for (int64_t x = 0; x < wq; ++x) {
-        const int64_t y = q - pad, c = x + kx * dil - pad;
-        out[kx * sub + q * wq + x] = y >= 0 && y < h && c >= 0 && c < wd ? act_apply(in[y * wd + c], in_act) : 0.f;
+  for (int64_t kx = 0; kx < k; ++kx)
+    for (int64_t a = 0; a < s; ++a)
+      for (int64_t q = 0; q < hq; ++q) {
+        float* row = out + (kx * s + a) * sub + q * wq;
+        const int64_t y = q * s + a - pad;
+        for (int64_t r = 0; r < wq; ++r) {
+          const int64_t c = r * s + kx * dil - pad;
+          row[r] = y >= 0 && y < h && c >= 0 && c < wd ? act_apply(in[y * wd + c], in_act) : 0.f;
+        }
       }
-#endif
-  }
 }
 
 // The barrier between instructions. OpenMP's own barriers spin for a long time before sleeping; when the
@@ -740,7 +766,7 @@ inline void shifted_tile(const float* __restrict src, const int32_t* __restrict 
   }
 }
 
-// A stride-1 conv on column-shifted copies (LAYOUT_SHIFTED), blocked for L1. In the output-channel order of
+// A conv on column-shifted copies (LAYOUT_SHIFTED), blocked for L1. In the output-channel order of
 // run_conv every tap loads its input rows again from L2 for every output channel (a 64-channel 32x32 input is
 // 256 KB per image): the convs ran at the rate of L2, one cache line per multiply-add. Here the taps of each
 // output channel are split by chunks of F_AUX input channels (the compiler sizes a chunk's rows to stay in L1),
@@ -753,7 +779,7 @@ template <int V>
 void run_conv_shifted(const int64_t* f, const Ctx& c, Counter* next) {
   const int64_t n = c.batch, cin = f[F_C], h = f[F_H], wd = f[F_W], co = f[F_CO], ho = f[F_HO], wo = f[F_WO];
   const int64_t hq = f[F_HQ], wq = f[F_WQ], k = f[F_K], chunk = f[F_AUX];
-  const int64_t plane = k * shifted_plane(hq, wq), pix = ho * wo, src_img = cin * plane;
+  const int64_t s = f[F_STRIDE], plane = k * s * shifted_plane(hq, wq), pix = ho * wo, src_img = cin * plane;
   const int64_t nchunks = (cin + chunk - 1) / chunk, nth = omp_get_num_threads();
   const float* x = c.at(f, F_X, F_X_AT);
   float* out = c.at(f, F_OUT, F_OUT_AT);
@@ -766,7 +792,7 @@ void run_conv_shifted(const int64_t* f, const Ctx& c, Counter* next) {
   const int64_t nused = f[F_NCHANNELS];
   float* const base = c.scratch + f[F_AUX2] * n;   // (after a copy a later conv still reads, see the compiler)
   auto copy_image = [&](int64_t i, int64_t k_used, float* dst) {
-    build_shifted(x + i * f[F_X_IMG] + used[k_used] * h * wd, h, wd, f[F_PAD], k, f[F_DIL], hq, wq, f[F_IN_ACT],
+    build_shifted(x + i * f[F_X_IMG] + used[k_used] * h * wd, h, wd, f[F_PAD], k, s, f[F_DIL], hq, wq, f[F_IN_ACT],
                   dst + used[k_used] * plane);
   };
   auto compute = [&](const float* src, int64_t i, int64_t o0, int64_t o1) {   // image i, output channels [o0, o1)
@@ -816,10 +842,9 @@ void run_conv(const int64_t* f, const Ctx& c, Counter* next) {
   int64_t src_img = x_img;
   // the copy's layout: padded (phase-split when strided) planes of hq x wq, unfolded rows, or column-shifted
   // planes (an input stored padded by its producer has no copy: hq x wq are its padded planes)
-  const bool im2col = f[F_IM2COL] == LAYOUT_UNFOLDED, shifted = f[F_IM2COL] == LAYOUT_SHIFTED;
-  const int64_t plane = im2col    ? f[F_K] * f[F_K] * ho * wo
-                        : shifted ? f[F_K] * shifted_plane(hq, wq)
-                                  : (f[F_SCRATCH] != SCRATCH_IN_PLACE ? s * s : 1) * hq * wq;
+  // (LAYOUT_SHIFTED: run_conv_shifted)
+  const bool im2col = f[F_IM2COL] == LAYOUT_UNFOLDED;
+  const int64_t plane = im2col ? f[F_K] * f[F_K] * ho * wo : (f[F_SCRATCH] != SCRATCH_IN_PLACE ? s * s : 1) * hq * wq;
   // F_SCRATCH: IN_PLACE reads x; OWN_COPY makes a padded / unfolded copy of x, shared by the threads;
   // EARLIER_COPY reads the copy an earlier conv made of the same input; PER_THREAD unfolds x into a copy of
   // each thread's own (the 4x4 planes at batch 1: no barrier after it, no reads of what the other core wrote:
@@ -848,8 +873,6 @@ void run_conv(const int64_t* f, const Ctx& c, Counter* next) {
     const float* in = x + i * x_img + ch * h * wd;
     if (im2col) {
       build_im2col(in, h, wd, f[F_K], s, f[F_PAD], f[F_DIL], ho, wo, f[F_IN_ACT], dst);
-    } else if (shifted) {
-      build_shifted(in, h, wd, f[F_PAD], f[F_K], f[F_DIL], hq, wq, f[F_IN_ACT], dst);
     } else {
       build_phases(in, h, wd, f[F_PAD], s, hq, wq, f[F_IN_ACT], f[F_PHASES], dst);
     }
