@@ -429,12 +429,43 @@ def test_shifted_copies(sparsity, images):
     ins = progs[0].instructions
     shifted = ins[(ins[:, Field.OP] == Op.CONV) & (ins[:, Field.IM2COL] == Layout.SHIFTED)]
     assert len(shifted) >= 8 and (shifted[:, Field.AUX] < shifted[:, Field.C]).any()   # (several chunks)
+    assert (shifted[:, Field.SCRATCH] == Scratch.EARLIER_COPY).sum() == 2   # (the shortcuts ride their 3x3 convs)
     assert Layout.SHIFTED not in progs[1].instructions[:, Field.IM2COL]
     for threads in (1, 2, 3):
         outs = [PackedModel(prog, threads=threads) for prog in progs]
         for n in (1, 2, 5):
             on, off = (packed(x[:n]) for packed in outs)
             assert np.abs(on - ref[:n]).max() < TOL and np.abs(on - off).max() < 1e-5
+
+
+class _RiderWithResidual(nn.Module):
+    """A 1x1 stride-2 conv riding a 3x3 stride-2 conv's column-shifted copy, with the 3x3 conv's output as its
+    residual: the rider must wait for its conv's outputs on every path (a shared copy at batch 1 too)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = SparseConv2d(3, 16, 1, bias=True)
+        self.conv = SparseConv2d(16, 32, 3, stride=2, padding=1, bias=True)
+        self.short = SparseConv2d(16, 32, 1, stride=2, bias=True)
+
+    def forward(self, x):
+        h = self.stem(x)
+        return F.relu(self.conv(h) + self.short(h))
+
+
+def test_rider_reads_its_convs_output(images):
+    model = _prune(_RiderWithResidual(), 0.5).eval()
+    prog = compile_model(model, (3, 32, 32))
+    ins = prog.instructions
+    rider = (ins[:, Field.SCRATCH] == Scratch.EARLIER_COPY) & (ins[:, Field.AUX] > 0)
+    assert rider.sum() == 1 and ins[rider][0, Field.Y] == ins[np.flatnonzero(rider)[0] - 1, Field.OUT]
+    with torch.no_grad():
+        ref = model(images[:3]).numpy()
+    for threads in (1, 2, 3):
+        packed = PackedModel(prog, threads=threads)
+        for n in (1, 2, 3):
+            for _ in range(3):
+                assert np.abs(packed(images[:n].numpy()) - ref[:n]).max() < TOL
 
 
 @pytest.mark.parametrize("unfold", [0, 16, 64, 256])

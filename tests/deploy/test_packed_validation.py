@@ -35,7 +35,7 @@ REEXPORT = "dass export RUN_DIR"
 class Everything(nn.Module):
     """Every op and conv variant of the format: convs reading their input copied (stride 1, 2, 3), in place
     from a padded value, or from an earlier conv's copy; convs on column-shifted copies (stride 1 and 2, with a
-    fused residual, placed after the copy a later conv reads); unfolded convs (shared and per-thread copies, 16-bit
+    fused residual, placed after the copy a later conv reads, one with a rider reading its copy); unfolded convs (shared and per-thread copies, 16-bit
     taps, dense); dense grouped and dilated; a fused residual read padded; pools of each kind; a zero op and a
     pool written into their slices of a concatenation; depthwise convs copying each channel as they go (sparse
     and dense); channel copies; a BN left as an affine op; crops and pads;
@@ -48,6 +48,7 @@ class Everything(nn.Module):
         self.dense = nn.Conv2d(8, 8, 3, padding=2, dilation=2, groups=2)
         self.down = SparseConv2d(8, 12, 3, stride=2, padding=1, groups=2)
         self.down2 = SparseConv2d(8, 12, 3, stride=2, padding=1)
+        self.short2 = SparseConv2d(8, 12, 1, stride=2)
         self.short = SparseConv2d(8, 12, 1, stride=2)
         self.mid = SparseConv2d(12, 12, 3, padding=1)
         self.s3 = SparseConv2d(8, 4, 3, stride=3, padding=1)
@@ -67,7 +68,7 @@ class Everything(nn.Module):
         y = F.relu(self.conv2(h) + h)
         d = self.dense(y)
         a = self.down(d)
-        a = self.mid(a) + a + self.short(d) + self.down2(d)
+        a = self.mid(a) + a + self.short(d) + self.down2(d) + self.short2(d)
         m = self.max(a)
         sm = F.relu(self.small(a))
         z = F.relu6(self.bn(torch.cat([self.tiny(sm), m, m * 0.0], dim=1)))
@@ -162,6 +163,7 @@ def test_the_test_model_covers_every_op_and_conv_variant(program, model, x):
     shifted = convs[convs[:, Field.IM2COL] == Layout.SHIFTED]
     assert (shifted[:, Field.AUX2] > 0).all() and (shifted[:, Field.Y] >= 0).any()
     assert set(shifted[:, Field.STRIDE]) == {1, 2}
+    assert (shifted[:, Field.SCRATCH] == Scratch.EARLIER_COPY).any()   # (a rider)
     assert (convs[:, Field.Y] >= 0).any() and (convs[:, Field.GROUPS] > 1).any()
     assert set(ins[ins[:, Field.OP] == Op.POOL][:, Field.AUX]) == {0, 1, 2}
     zero = _first(program, Op.ZERO)
@@ -248,6 +250,21 @@ def test_shifted_conv_fields_are_checked(program, field, value, match):
     """run_conv_shifted: chunks of input channels, the copy's place in the scratch and its flat planes."""
     k = _first(program, Op.CONV, IM2COL=int(Layout.SHIFTED))
     _refused(lambda: PackedModel(_edit(program, k, **{field: value})), f"instruction #{k} (conv)", REEXPORT, match)
+
+
+def test_riders_are_checked(program):
+    """A rider (EARLIER_COPY with chunked taps) is computed by the conv before it, on that conv's copy: it must
+    follow such a conv and match its copy."""
+    k = _first(program, Op.CONV, IM2COL=int(Layout.SHIFTED), SCRATCH=int(Scratch.EARLIER_COPY))
+    for edit, match in (({"C": 4}, "reads its conv's copy"), ({"HO": 2}, "")):
+        _refused(lambda: PackedModel(_edit(program, k, **edit)), f"instruction #{k} (conv)", REEXPORT, match)
+    maker = _edit(program, k - 1, IM2COL=int(Layout.PADDED), AUX=0)
+    _refused(lambda: PackedModel(maker), REEXPORT)
+    order = np.arange(len(program.instructions))   # the rider moved away from its conv
+    order[k], order[k + 1] = k + 1, k
+    moved = replace(program, instructions=program.instructions[order], labels=[program.labels[j] for j in order],
+                    macs=[program.macs[j] for j in order])
+    _refused(lambda: PackedModel(moved), "follows a conv that makes a column-shifted copy")
 
 
 def test_shifted_conv_segments_are_checked(program):

@@ -526,8 +526,10 @@ def _shifted_copy(op: IROp, x: Value, out: Value, options: CompileOptions) -> bo
     than one padded (phase-split) plane: every tap then reads the output plane's pixels as one run of aligned
     vectors, and the runtime blocks the taps for L1. Only where the copy pays: about co*k*density multiply-adds per
     copied float. (Depthwise convs copy one channel at a time into L1 instead, see ``_per_channel_copy``.)"""
+    if op.kind != "conv":
+        return False
     p, (co, _, k, _) = op.params, op.params["weight"].shape
-    return (options.shifted_copies and op.kind == "conv" and not p.get("linear") and p["stride"] <= 2 and k > 1
+    return (options.shifted_copies and not p.get("linear") and p["stride"] <= 2 and k > 1
             and p["groups"] == 1 and out.shape[1] * out.shape[2] % 16 == 0 and not _unfolds(op, x, out, options)
             and co * k * _density(op) >= SHIFTED_MIN_REUSE)
 
@@ -606,6 +608,66 @@ def _per_channel_copy(op: IROp, x: Value, out: Value, options: CompileOptions) -
             and not op.params.get("linear") and _copy_geometry(op, x, out, options) is not None)
 
 
+def _rider_taps(maker: IROp, op: IROp, g: _Graph, options: CompileOptions) -> np.ndarray | None:
+    """Where ``op``'s taps (k, k) lie in the column-shifted copy ``maker`` makes of the same input: plane (kx, a)
+    of the maker holds padded pixel (q*s + a, r*s + kx*d), so a tap of ``op`` (padding p') reads plane
+    ((kx'*d' + shift) / d, (ky'*d' + shift) % s) from row (ky'*d' + shift) // s, shift = p - p'. None when a tap
+    falls between the maker's planes or below its rows, or the convs differ in input, stride or output size."""
+    if maker.kind != "conv" or op.kind != "conv":
+        return None
+    (mx, mout), (x, out) = g.io(maker), g.io(op)
+    pa, pb = maker.params, op.params
+    if (pb.get("linear") or pb["groups"] != 1 or op.inputs[0] != maker.inputs[0]
+            or pb["stride"] != pa["stride"] or out.shape[1:] != mout.shape[1:] or _shifted_copy(op, x, out, options)
+            or not _shifted_copy(maker, mx, mout, options)):
+        return None
+    s, ka, da, kb, db = pa["stride"], pa["weight"].shape[-1], pa["dil"], pb["weight"].shape[-1], pb["dil"]
+    _, ho, wo = out.shape
+    hq, shift = ho + (ka - 1) * da // s, pa["pad"] - pb["pad"]
+    sub = shifted_plane(hq, wo)
+    taps = np.zeros((kb, kb), np.int64)
+    for ky in range(kb):
+        for kx in range(kb):
+            col, row = kx * db + shift, ky * db + shift
+            if col < 0 or col % da or col // da >= ka or row < 0 or row // s + ho > hq:
+                return None
+            taps[ky, kx] = (col // da * s + row % s) * sub + row // s * wo
+    return taps
+
+
+def _schedule_riders(g: _Graph, options: CompileOptions) -> None:
+    """Move each conv whose taps fall in the column-shifted copy an earlier conv makes of the same input right
+    after that conv, as its rider: the runtime computes it from the same copy, image by image (a ResNet
+    downsampling block's 1x1 shortcut rides its 3x3 conv: one pass over the block's input instead of two). Runs
+    before the additions are fused, so that the residual goes into the block's second conv."""
+    ops, k = g.ops, 0
+    while k < len(ops):
+        maker, at = ops[k], k + 1
+        for j in range(k + 1, len(ops)):
+            if len(ops[j].inputs) == 1 and _rider_taps(maker, ops[j], g, options) is not None:
+                ops[j].params["rides"] = maker
+                ops.insert(at, ops.pop(j))
+                at += 1
+        k = at
+
+
+def _attach_riders(g: _Graph, options: CompileOptions) -> None:
+    """Keep a rider where it still reads what its conv copies (right after it, the same input activation), with
+    the channels it reads added to that copy; else it makes a copy of its own."""
+    prev = None
+    for op in g.ops:
+        maker = op.params.get("rides")
+        if maker is not None:
+            after = prev is maker or (prev is not None and prev.params.get("rides") is maker)
+            taps = _rider_taps(maker, op, g, options)
+            if not after or op.in_act != maker.in_act or taps is None:
+                del op.params["rides"]
+            else:
+                op.params["rider_taps"] = taps
+                maker.params.setdefault("riders", []).append(op)
+        prev = op
+
+
 def _share_padded_copies(g: _Graph, options: CompileOptions) -> None:
     """Let a conv read the padded copy that the previous copying conv made of the same input, when its taps
     fall inside it: a ResNet downsampling block's 1x1 shortcut reads the copy of its 3x3 conv (a copy with
@@ -615,6 +677,8 @@ def _share_padded_copies(g: _Graph, options: CompileOptions) -> None:
         if op.kind != "conv":
             continue
         x, out = g.io(op)
+        if "rides" in op.params:
+            continue
         if _shifted_copy(op, x, out, options):   # its copy goes after the earlier one, which stays readable
             if last is not None:
                 maker, (hq, wq) = last
@@ -755,6 +819,12 @@ def _input_layout(op: IROp, x: Value, out: Value, options: CompileOptions) -> _I
         per_thread = options.private_unfold and s == 1 and k > 1
         return _InputLayout(Scratch.PER_THREAD if per_thread else Scratch.OWN_COPY, Layout.UNFOLDED, ho, wo,
                             k * k * ho * wo, (ky * k + kx) * ho * wo)
+    if "rides" in p:   # the copy of the shifted conv before it
+        maker = p["rides"]
+        hq = ho + (maker.params["weight"].shape[-1] - 1) * maker.params["dil"] // s
+        plane = maker.params["weight"].shape[-1] * s * shifted_plane(hq, wo)
+        return _InputLayout(Scratch.EARLIER_COPY, Layout.SHIFTED, hq, wo, plane, p["rider_taps"],
+                            _shifted_chunk(op, x, out), maker.params.get("scratch_at", 0))
     if _shifted_copy(op, x, out, options):   # plane (kx, ky*d % s) from row ky*d // s: ho * wo floats per tap
         hq = ho + (k - 1) * d // s
         sub = shifted_plane(hq, wo)
@@ -832,6 +902,8 @@ def _copied_channels(op: IROp, dense: bool, cin: int, options: CompileOptions) -
     """The channels and phase planes the copy must hold: those this conv reads, and those of the later convs
     that read its copy."""
     used, phases = _used_channels(op, dense, cin), _phases(op)
+    for other in op.params.get("riders", []):
+        used = np.union1d(used, _used_channels(other, False, cin))
     for other in op.params.get("copy_for", []):
         used = np.union1d(used, _used_channels(other, _density(other) >= options.dense_threshold, cin))
         phases |= _phases(other, other.params["copy_of"][2])
@@ -961,6 +1033,8 @@ def compile_model(model: nn.Module, input_shape: tuple[int, int, int],
     ShapeProp(folded).propagate(torch.zeros(1, *input_shape))
     graph = Lowering(folded).run()
     _merge_duplicate_activations(graph)
+    if options.share_copies:
+        _schedule_riders(graph, options)
     _fuse_additions_into_convs(graph)
     _fuse_activations_into_producers(graph)
     _fuse_activations_into_input_copies(graph)
@@ -968,5 +1042,6 @@ def compile_model(model: nn.Module, input_shape: tuple[int, int, int],
     if options.pad_values:
         _store_outputs_padded(graph, options)
     if options.share_copies:
+        _attach_riders(graph, options)
         _share_padded_copies(graph, options)
     return _Emitter(graph, options).program()

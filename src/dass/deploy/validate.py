@@ -362,6 +362,13 @@ class _Convs:
         self.rows16 = (raw("ROWS16") != 0) & ~self.dense   # (the dense layout comes first)
         self.has_y, self.has_bias = raw("Y") >= 0, raw("BIAS") >= 0
         self.copying = (self.mode == _OWN_COPY) | (self.mode == _PER_THREAD) | (self.mode == _PER_CHANNEL)
+        # riders (EARLIER_COPY with chunked taps): run by the conv before them, on its column-shifted copy;
+        # maker[j]: the conv whose copy conv j reads (j itself when it is not a rider, or follows no conv)
+        self.rider = (self.mode == _EARLIER_COPY) & (raw("AUX") > 0)
+        self.maker = np.arange(rows.size)
+        for j in _nonzero(self.rider):
+            if j > 0 and rows[j - 1] == rows[j] - 1:
+                self.maker[j] = self.maker[j - 1]
         variants = {"planes": ~self.im2col, "residual": self.has_y, "bias": self.has_bias, "copy": self.copying,
                     "in_place": self.mode == _IN_PLACE, "dense": self.dense, "sparse": ~self.dense,
                     "shifted": self.shifted}
@@ -391,6 +398,7 @@ class _Convs:
         pix = ho * wo
         plane = np.where(im2col, k * k * pix,
                          np.where(shifted, k * s * shifted_plane(hq, wq), np.where(in_place, 1, s * s) * hq * wq))
+        plane = np.where(self.rider, plane[self.maker], plane)   # (a rider reads its conv's copy)
         ext = np.where(im2col, pix, (ho - 1) * wq + wo)
         # floats per image the taps may read (PER_CHANNEL: depthwise, each channel's copy is its own one plane)
         per_channel = mode == _PER_CHANNEL
@@ -438,14 +446,20 @@ class _Convs:
         # floats at AUX2 floats per image into the scratch and computes tiles of 16*V of the HO*WO output pixels
         # (flat planes: output and residual not stored padded) over CSR segments of chunks of AUX input channels
         aux, at = t.col(rows, "AUX", "AUX2")
-        t.need(rows, ~shifted | ((mode == _OWN_COPY) & (s <= 8) & (groups == 1) & ~dense), "IM2COL",
+        rider, m = self.rider, self.maker
+        t.need(rows, ~rider | ((m != np.arange(rows.size)) & shifted[m] & (mode[m] == _OWN_COPY) & ~rider[m]),
+               "SCRATCH", "a rider (EARLIER_COPY, AUX > 0) follows a conv that makes a column-shifted copy, or "
+               "another rider of it")
+        t.need(rows, ~rider | (shifted & (c == c[m]) & (ho == ho[m]) & (wo == wo[m]) & (hq == hq[m]) & (wq == wq[m])),
+               "C", "a rider reads its conv's copy: the same C, HO, WO, HQ, WQ, and IM2COL = SHIFTED")
+        t.need(rows, ~shifted | (((mode == _OWN_COPY) | rider) & (s <= 8) & (groups == 1) & ~dense), "IM2COL",
                "a column-shifted copy is made by a conv of stride 8 or less, not grouped, with sparse taps, into its "
-               "own copy (SCRATCH = OWN_COPY)")
+               "own copy (SCRATCH = OWN_COPY), or read by its riders")
         t.need(rows, ~shifted | ((wq == wo) & (pix % 16 == 0) & (opad == 0) & (yp == 0)), "WQ", "a column-shifted "
                "copy's rows are the output's (WQ = WO), of whole 16-pixel tiles, neither stored padded")
         reach = dil * (k - 1)
         t.need(rows, ~shifted | ((ho == (h + 2 * pad - reach - 1) // s + 1) & (wo == (w + 2 * pad - reach - 1) // s + 1)
-                                 & (hq == ho + reach // s)), "PAD", "a column-shifted copy needs HO, WO (the conv's "
+                                 & (rider | (hq == ho + reach // s))), "PAD", "a column-shifted copy needs HO, WO (the conv's "
                "output for H, W, PAD, K, DIL, STRIDE) and HQ = HO + DIL * (K - 1) / STRIDE")
         t.need(rows, ~shifted | ((aux >= 1) & (aux <= c)), "AUX", "a chunk holds 1 to C input channels")
         t.need(rows, ~shifted | (at >= 0), "AUX2", "the copy's place in the scratch must be 0 or more")

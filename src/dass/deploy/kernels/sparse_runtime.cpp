@@ -680,6 +680,8 @@ struct Ctx {
   const int32_t* ipool;
   int64_t batch;
   const int64_t* program;
+  int64_t count;                     // instructions in the program
+  int64_t per_op;                    // work counters per instruction (see dass_run)
   const uint8_t* copy_read_later;   // per instruction: a later conv reads the copy it makes (EARLIER_COPY)
   std::atomic<int64_t>* block_flags; // per block of images: who copies it (see run_conv)
   // Buffer b of per-image size S at per-image offset B holds image i at arena[B * batch + i * S]; a value
@@ -766,6 +768,13 @@ inline void shifted_tile(const float* __restrict src, const int32_t* __restrict 
   }
 }
 
+// A rider: a conv with chunked taps that reads the copy of the chunked conv before it (a ResNet shortcut reads
+// its block's 3x3 conv's copy). That conv computes it with its own, image by image, while the copy is in cache;
+// the instruction loop skips it.
+inline bool rides(const int64_t* f) {
+  return f[F_OP] == OP_CONV && f[F_SCRATCH] == SCRATCH_EARLIER_COPY && f[F_AUX] > 0;
+}
+
 // A conv on column-shifted copies (LAYOUT_SHIFTED), blocked for L1. In the output-channel order of
 // run_conv every tap loads its input rows again from L2 for every output channel (a 64-channel 32x32 input is
 // 256 KB per image): the convs ran at the rate of L2, one cache line per multiply-add. Here the taps of each
@@ -774,20 +783,14 @@ inline void shifted_tile(const float* __restrict src, const int32_t* __restrict 
 // pixels, then a chunk, then every output channel, so all output channels read a chunk's rows while they are in
 // L1; partial sums wait in the output. Work units: images (a batch of at least one image per thread: each
 // thread copies the image it computes into its own scratch, no barrier), or (image, block of output channels)
-// after a shared copy.
+// after a shared copy. The riders that follow it (see rides) run on the same copy, unit by unit.
 template <int V>
 void run_conv_shifted(const int64_t* f, const Ctx& c, Counter* next) {
-  const int64_t n = c.batch, cin = f[F_C], h = f[F_H], wd = f[F_W], co = f[F_CO], ho = f[F_HO], wo = f[F_WO];
-  const int64_t hq = f[F_HQ], wq = f[F_WQ], k = f[F_K], chunk = f[F_AUX];
+  const int64_t n = c.batch, cin = f[F_C], h = f[F_H], wd = f[F_W], ho = f[F_HO], wo = f[F_WO];
+  const int64_t hq = f[F_HQ], wq = f[F_WQ], k = f[F_K];
   const int64_t s = f[F_STRIDE], plane = k * s * shifted_plane(hq, wq), pix = ho * wo, src_img = cin * plane;
-  const int64_t nchunks = (cin + chunk - 1) / chunk, nth = omp_get_num_threads();
+  const int64_t nth = omp_get_num_threads();
   const float* x = c.at(f, F_X, F_X_AT);
-  float* out = c.at(f, F_OUT, F_OUT_AT);
-  const float* res = f[F_Y] >= 0 ? c.at(f, F_Y, F_Y_AT) : nullptr;
-  const float* bias = f[F_BIAS] >= 0 ? c.fpool + f[F_BIAS] : nullptr;
-  const float* weight = c.fpool + f[F_WEIGHT];
-  const int32_t* rowptr = c.ipool + f[F_ROWPTR];   // (chunk, output channel) segments: nchunks * co + 1
-  const int32_t* taps = c.ipool + f[F_TAPS];
   const int32_t* used = c.ipool + f[F_CHANNELS];
   const int64_t nused = f[F_NCHANNELS];
   float* const base = c.scratch + f[F_AUX2] * n;   // (after a copy a later conv still reads, see the compiler)
@@ -795,32 +798,48 @@ void run_conv_shifted(const int64_t* f, const Ctx& c, Counter* next) {
     build_shifted(x + i * f[F_X_IMG] + used[k_used] * h * wd, h, wd, f[F_PAD], k, s, f[F_DIL], hq, wq, f[F_IN_ACT],
                   dst + used[k_used] * plane);
   };
-  auto compute = [&](const float* src, int64_t i, int64_t o0, int64_t o1) {   // image i, output channels [o0, o1)
-    float* dst = out + i * f[F_OUT_IMG];
-    const float* r = res ? res + i * f[F_Y_IMG] : nullptr;
+  const int64_t k_ins = (f - c.program) / N_FIELDS;
+  int64_t convs = 1;   // this conv and its riders: f, f + N_FIELDS, ...
+  while (k_ins + convs < c.count && rides(f + convs * N_FIELDS)) ++convs;
+  // image i of conv g (this one or a rider) from the copy at src, output channels [o0, o1)
+  auto compute = [&](const int64_t* g, const float* src, int64_t i, int64_t o0, int64_t o1) {
+    const int64_t cog = g[F_CO], nchunks = (cin + g[F_AUX] - 1) / g[F_AUX];
+    float* dst = c.at(g, F_OUT, F_OUT_AT) + i * g[F_OUT_IMG];
+    const float* r = g[F_Y] >= 0 ? c.at(g, F_Y, F_Y_AT) + i * g[F_Y_IMG] : nullptr;
+    const float* bias = g[F_BIAS] >= 0 ? c.fpool + g[F_BIAS] : nullptr;
+    const float* weight = c.fpool + g[F_WEIGHT];
+    const int32_t* rowptr = c.ipool + g[F_ROWPTR];   // (chunk, output channel) segments: nchunks * co + 1
+    const int32_t* taps = c.ipool + g[F_TAPS];
     for (int64_t p0 = 0; p0 < pix; p0 += 16 * V)
       for (int64_t ch = 0; ch < nchunks; ++ch)
         for (int64_t o = o0; o < o1; ++o) {
-          const int64_t lo = rowptr[ch * co + o], hi = rowptr[ch * co + o + 1];
+          const int64_t lo = rowptr[ch * cog + o], hi = rowptr[ch * cog + o + 1];
           shifted_tile<V>(src + p0, taps + lo, weight + lo, hi - lo, dst + o * pix + p0, bias ? bias[o] : 0.f, ch == 0,
-                          ch == nchunks - 1, f[F_ACT], r ? r + o * pix + p0 : nullptr);
+                          ch == nchunks - 1, g[F_ACT], r ? r + o * pix + p0 : nullptr);
         }
   };
   if (n >= nth) {
     float* const own = base + omp_get_thread_num() * src_img;
     share_equally(next, n, [&](int64_t i) {
       for (int64_t u = 0; u < nused; ++u) copy_image(i, u, own);
-      compute(own, i, 0, co);
+      for (int64_t j = 0; j < convs; ++j) compute(f + j * N_FIELDS, own, i, 0, f[j * N_FIELDS + F_CO]);
     });
     return;
   }
   share_equally(next + nth, n * nused, [&](int64_t idx) { copy_image(idx / nused, idx % nused, base + idx / nused * src_img); });
   c.barrier->wait(omp_get_thread_num());
-  const int64_t oblocks = std::min<int64_t>(co, (2 * nth + n - 1) / n), per = (co + oblocks - 1) / oblocks;
-  share_equally(next, n * oblocks, [&](int64_t idx) {
-    const int64_t i = idx / oblocks, o0 = idx % oblocks * per;
-    compute(base + i * src_img, i, o0, std::min(co, o0 + per));
-  });
+  // units: (image, block of output channels), conv after conv (a rider may read its conv's output: its residual),
+  // each with its instruction's counters
+  const int64_t oblocks = (2 * nth + n - 1) / n;
+  for (int64_t j = 0; j < convs; ++j) {
+    const int64_t* g = f + j * N_FIELDS;
+    const int64_t cog = g[F_CO], per = (cog + oblocks - 1) / oblocks;
+    if (j > 0) c.barrier->wait(omp_get_thread_num());
+    share_equally(next + j * c.per_op, n * oblocks, [&](int64_t idx) {
+      const int64_t i = idx / oblocks, o0 = idx % oblocks * per;
+      compute(g, base + i * src_img, i, std::min(cog, o0), std::min(cog, o0 + per));
+    });
+  }
 }
 
 // `next`: 2 x threads zeroed counters (the copy's units, then the output channels)
@@ -1240,7 +1259,7 @@ int dass_run(const int64_t* program, int64_t count, float* arena, float* scratch
   for (int64_t k = count - 1, pending = 0; k >= 0; --k) {
     const int64_t* f = program + k * N_FIELDS;
     if (f[F_OP] != OP_CONV || f[F_SCRATCH] == SCRATCH_IN_PLACE) continue;
-    if (f[F_IM2COL] == LAYOUT_SHIFTED && f[F_AUX2] > 0) continue;
+    if ((f[F_IM2COL] == LAYOUT_SHIFTED && f[F_AUX2] > 0) || rides(f)) continue;
     if (f[F_SCRATCH] == SCRATCH_EARLIER_COPY) {
       pending = 1;
     } else {
@@ -1250,7 +1269,8 @@ int dass_run(const int64_t* program, int64_t count, float* arena, float* scratch
   }
   std::vector<std::atomic<int64_t>> block_flags((batch + DASS_IMGS - 1) / DASS_IMGS);
   for (auto& flag : block_flags) flag.store(0, std::memory_order_relaxed);
-  Ctx ctx{&barrier, arena, scratch, fpool, ipool, batch, program, copy_read_later.data(), block_flags.data()};
+  Ctx ctx{&barrier, arena, scratch, fpool, ipool, batch, program, count, per_op, copy_read_later.data(),
+          block_flags.data()};
 #pragma omp parallel num_threads(threads)
   {
 #pragma omp single
@@ -1264,6 +1284,7 @@ int dass_run(const int64_t* program, int64_t count, float* arena, float* scratch
     for (int64_t k = 0; k < count; ++k) {
       const int64_t* f = program + k * N_FIELDS;
       Counter* const next = &claimed[k * per_op];
+      if (rides(f)) continue;   // (computed by the conv before it; times[k] stays 0)
       switch (f[F_OP]) {
         case OP_CONV: run_conv(f, ctx, next); break;
         case OP_ACT:
