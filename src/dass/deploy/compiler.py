@@ -1003,9 +1003,9 @@ class _Emitter:
         x, y = values[op.inputs[0]], values[op.inputs[1]] if len(op.inputs) > 1 else None
         if op.kind == "conv":
             fields, need, macs = _conv_fields(op, x, y, out, self.pools, self.options)
-            if fields["SCRATCH"] in (Scratch.PER_THREAD, Scratch.PER_CHANNEL):
-                self.private = max(self.private, need)
-            else:
+            if fields["SCRATCH"] in (Scratch.PER_THREAD, Scratch.PER_CHANNEL) or fields.get("AUX", 0) > 0:
+                self.private = max(self.private, need)   # (chunked: a copy per thread below a thread per image)
+            if fields["SCRATCH"] not in (Scratch.PER_THREAD, Scratch.PER_CHANNEL):
                 self.scratch = max(self.scratch, need)
         else:
             fields, macs = _shape_fields(x, out, op.act), 0

@@ -463,8 +463,9 @@ class _Convs:
                "output for H, W, PAD, K, DIL, STRIDE) and HQ = HO + DIL * (K - 1) / STRIDE")
         t.need(rows, ~shifted | ((aux >= 1) & (aux <= c)), "AUX", "a chunk holds 1 to C input channels")
         t.need(rows, ~shifted | (at >= 0), "AUX2", "the copy's place in the scratch must be 0 or more")
-        t.need(rows, ~shifted | (at + src <= t.scratch), "AUX2", lambda j: f"the copy needs {at[j] + src[j]:.0f} "
-               f"floats per image, scratch_size is {t.scratch}")
+        t.need(rows, ~shifted | ((at + src <= t.scratch) & (at + src <= t.private)), "AUX2", lambda j: f"the copy "
+               f"needs {at[j] + src[j]:.0f} floats per image (and thread), scratch_size is {t.scratch}, "
+               f"private_scratch_size {t.private}")
         self.segments = np.where(shifted, -(-c // np.maximum(aux, 1)) * co, co) + 1
         # the scratch: one shared copy of C planes per image, or one per thread (PER_THREAD at batch 1: C planes;
         # PER_CHANNEL: one plane)

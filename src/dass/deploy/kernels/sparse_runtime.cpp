@@ -826,18 +826,25 @@ void run_conv_shifted(const int64_t* f, const Ctx& c, Counter* next) {
     });
     return;
   }
-  share_equally(next + nth, n * nused, [&](int64_t idx) { copy_image(idx / nused, idx % nused, base + idx / nused * src_img); });
-  c.barrier->wait(omp_get_thread_num());
-  // units: (image, block of output channels), conv after conv (a rider may read its conv's output: its residual),
-  // each with its instruction's counters
+  // Fewer images than threads: units of (image, block of output channels), and each thread copies the images of
+  // the units it computes into its own scratch, so that no barrier follows the copy (a thread waiting at a barrier
+  // for a core that the machine gave to another process loses a scheduler slice, milliseconds; a copy is a few
+  // microseconds). Conv after conv, each with its instruction's counters; a barrier between them only where a
+  // rider reads an output (its residual).
+  float* const own = base + omp_get_thread_num() * n * src_img;
+  std::vector<uint8_t> copied(n, 0);   // image i is in own
   const int64_t oblocks = (2 * nth + n - 1) / n;
   for (int64_t j = 0; j < convs; ++j) {
     const int64_t* g = f + j * N_FIELDS;
     const int64_t cog = g[F_CO], per = (cog + oblocks - 1) / oblocks;
-    if (j > 0) c.barrier->wait(omp_get_thread_num());
+    if (j > 0 && g[F_Y] >= 0) c.barrier->wait(omp_get_thread_num());
     share_equally(next + j * c.per_op, n * oblocks, [&](int64_t idx) {
       const int64_t i = idx / oblocks, o0 = idx % oblocks * per;
-      compute(g, base + i * src_img, i, std::min(cog, o0), std::min(cog, o0 + per));
+      if (!copied[i]) {
+        for (int64_t u = 0; u < nused; ++u) copy_image(i, u, own + i * src_img);
+        copied[i] = 1;
+      }
+      compute(g, own + i * src_img, i, std::min(cog, o0), std::min(cog, o0 + per));
     });
   }
 }
