@@ -227,6 +227,7 @@ def test_short_fpool_is_refused(saved, tmp_path):
     ("HQ", 1, "HQ=1"),
     ("K", 0, "K=0"),
     ("SCRATCH", 7, "unknown Scratch code"),
+    ("AUX", 3, "chunked taps (AUX > 0) need"),   # (the runtime would read a padded copy as a shifted one)
     ("ACT", 3, "unknown Act code"),
 ])
 def test_offsets_and_sizes_out_of_range_are_refused(program, field, value, match):

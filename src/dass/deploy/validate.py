@@ -461,12 +461,23 @@ class _Convs:
         t.need(rows, ~shifted | ((ho == (h + 2 * pad - reach - 1) // s + 1) & (wo == (w + 2 * pad - reach - 1) // s + 1)
                                  & (rider | (hq == ho + reach // s))), "PAD", "a column-shifted copy needs HO, WO (the conv's "
                "output for H, W, PAD, K, DIL, STRIDE) and HQ = HO + DIL * (K - 1) / STRIDE")
+        # chunked taps (AUX > 0, run_conv_chunked): on a column-shifted copy, or on the input read in place (a
+        # pointwise conv: flat planes as long as the output's)
+        chunked = aux > 0
+        flat_in_place = chunked & in_place & (self.layout == Layout.PADDED)
+        t.need(rows, ~chunked | shifted | flat_in_place, "AUX", "chunked taps (AUX > 0) need a column-shifted copy "
+               "or an input read in place")
+        t.need(rows, ~flat_in_place | ((groups == 1) & ~dense & ~self.rows16 & (pix % 16 == 0) & (opad == 0)
+                                       & (yp == 0) & (wq == wo) & (hq == ho)), "HQ",
+               "chunked taps on an input read in place need sparse 32-bit taps, no groups, flat planes of the "
+               "output's size (HQ = HO, WQ = WO) in whole 16-pixel tiles, neither stored padded")
         t.need(rows, ~shifted | ((aux >= 1) & (aux <= c)), "AUX", "a chunk holds 1 to C input channels")
+        t.need(rows, ~chunked | (aux <= c), "AUX", "a chunk holds 1 to C input channels")
         t.need(rows, ~shifted | (at >= 0), "AUX2", "the copy's place in the scratch must be 0 or more")
         t.need(rows, ~shifted | ((at + src <= t.scratch) & (at + src <= t.private)), "AUX2", lambda j: f"the copy "
                f"needs {at[j] + src[j]:.0f} floats per image (and thread), scratch_size is {t.scratch}, "
                f"private_scratch_size {t.private}")
-        self.segments = np.where(shifted, -(-c // np.maximum(aux, 1)) * co, co) + 1
+        self.segments = np.where(chunked, -(-c // np.maximum(aux, 1)) * co, co) + 1
         # the scratch: one shared copy of C planes per image, or one per thread (PER_THREAD at batch 1: C planes;
         # PER_CHANNEL: one plane)
         private = (mode == _PER_THREAD) | per_channel
