@@ -35,23 +35,24 @@ REEXPORT = "dass export RUN_DIR"
 class Everything(nn.Module):
     """Every op and conv variant of the format: convs reading their input copied (stride 1, 2, 3), in place
     from a padded value, or from an earlier conv's copy; convs on column-shifted copies (stride 1 and 2, with a
-    fused residual, placed after the copy a later conv reads, one with a rider reading its copy); unfolded convs (shared and per-thread copies, 16-bit
-    taps, dense); dense grouped and dilated; a fused residual read padded; pools of each kind; a zero op and a
-    pool written into their slices of a concatenation; depthwise convs copying each channel as they go (sparse
-    and dense); channel copies; a BN left as an affine op; crops and pads;
-    standalone activation and additions; global pooling and a linear layer."""
+    fused residual, placed after a copy a later conv reads), one with a rider reading its copy; a pointwise conv
+    with chunked taps on its input in place; unfolded convs (shared and per-thread copies, 16-bit taps, dense);
+    dense grouped and dilated; a fused residual read padded; pools of each kind; a zero op and a pool written into
+    their slices of a concatenation; depthwise convs copying each channel as they go (sparse and dense); channel
+    copies; a BN left as an affine op; crops and pads; standalone activation and additions; global pooling and a
+    linear layer."""
 
     def __init__(self):
         super().__init__()
-        self.stem = SparseConv2d(3, 8, 1, bias=True)
-        self.conv2 = SparseConv2d(8, 8, 3, padding=1, groups=2, bias=True)
-        self.dense = nn.Conv2d(8, 8, 3, padding=2, dilation=2, groups=2)
-        self.down = SparseConv2d(8, 12, 3, stride=2, padding=1, groups=2)
-        self.down2 = SparseConv2d(8, 12, 3, stride=2, padding=1)
-        self.short2 = SparseConv2d(8, 12, 1, stride=2)
-        self.short = SparseConv2d(8, 12, 1, stride=2)
+        self.stem = SparseConv2d(3, 6, 1, groups=3, bias=True)
+        self.conv2 = SparseConv2d(6, 6, 3, padding=1, groups=2, bias=True)
+        self.dense = nn.Conv2d(6, 6, 3, padding=2, dilation=2, groups=2)
+        self.down = SparseConv2d(6, 12, 3, stride=2, padding=1, groups=2)
+        self.down2 = SparseConv2d(6, 12, 3, stride=2, padding=1)
+        self.short2 = SparseConv2d(6, 12, 1, stride=2)
+        self.short = SparseConv2d(6, 12, 1, stride=2)
         self.mid = SparseConv2d(12, 12, 3, padding=1)
-        self.s3 = SparseConv2d(8, 4, 3, stride=3, padding=1)
+        self.s3 = SparseConv2d(6, 4, 3, stride=3, padding=1)
         self.small = SparseConv2d(12, 12, 3, stride=2, padding=1)
         self.tiny = SparseConv2d(12, 12, 3, padding=1)
         self.tiny_dense = nn.Conv2d(12, 6, 3, padding=1, bias=False)
@@ -61,6 +62,7 @@ class Everything(nn.Module):
         self.avg_pad = nn.AvgPool2d(3, 1, 1)
         self.dw = SparseConv2d(12, 12, 3, padding=1, groups=12)
         self.dw_dense = nn.Conv2d(12, 12, 3, padding=2, dilation=2, groups=12)
+        self.pw = SparseConv2d(12, 12, 1)
         self.fc = SparseLinear(36 + 4 + 6 + 6 + 12, 5)
 
     def forward(self, x):
@@ -74,7 +76,7 @@ class Everything(nn.Module):
         z = F.relu6(self.bn(torch.cat([self.tiny(sm), m, m * 0.0], dim=1)))
         p = self.avg(z) + self.avg_pad(z)
         q = F.pad(self.s3(y), (0, 1, 0, 1))[:, :, 1:, 1:]
-        e = self.dw_dense(F.relu(self.dw(F.relu(a))))
+        e = self.pw(self.dw_dense(F.relu(self.dw(F.relu(a)))))
         parts = [p, F.relu(q) + q, self.tiny_dense(sm), torch.cat([x, x], dim=1), e]
         return self.fc(torch.cat([F.adaptive_avg_pool2d(t, 1) for t in parts], 1).flatten(1))
 
@@ -164,6 +166,7 @@ def test_the_test_model_covers_every_op_and_conv_variant(program, model, x):
     assert (shifted[:, Field.AUX2] > 0).all() and (shifted[:, Field.Y] >= 0).any()
     assert set(shifted[:, Field.STRIDE]) == {1, 2}
     assert (shifted[:, Field.SCRATCH] == Scratch.EARLIER_COPY).any()   # (a rider)
+    assert ((convs[:, Field.SCRATCH] == Scratch.IN_PLACE) & (convs[:, Field.AUX] > 0)).any()   # (chunked pointwise)
     assert (convs[:, Field.Y] >= 0).any() and (convs[:, Field.GROUPS] > 1).any()
     assert set(ins[ins[:, Field.OP] == Op.POOL][:, Field.AUX]) == {0, 1, 2}
     zero = _first(program, Op.ZERO)

@@ -43,7 +43,8 @@ class CompileOptions:
     share_copies: bool = True     # a conv reads the padded copy the previous one made of the same input
     private_unfold: bool = True   # stride-1 convs on small planes unfold into per-thread copies
     private_depthwise: bool = True  # depthwise convs copy each channel's padded plane just before using it
-    shifted_copies: bool = True   # stride-1 convs copy their input as column-shifted planes (aligned tap loads)
+    shifted_copies: bool = True   # convs copy their input as column-shifted planes (aligned loads, taps chunked)
+    chunked_pointwise: bool = True  # pointwise convs chunk their taps too (tiles of pixels outside the channels)
 
 
 def _shape(node: torch.fx.Node) -> tuple[int, ...]:
@@ -534,6 +535,22 @@ def _shifted_copy(op: IROp, x: Value, out: Value, options: CompileOptions) -> bo
             and co * k * _density(op) >= SHIFTED_MIN_REUSE)
 
 
+def _chunked_pointwise(op: IROp, x: Value, out: Value, options: CompileOptions) -> bool:
+    """Whether this pointwise conv runs chunk by chunk like a shifted one, on its input read in place (its planes
+    are the output's): a tile of pixels outside the output channels, so that they all read the tile's input rows
+    from L1 (in output-channel order each one reads the whole input again)."""
+    if op.kind != "conv":
+        return False
+    p, (_, _, k, _) = op.params, op.params["weight"].shape
+    return (options.chunked_pointwise and not p.get("linear") and k == 1 and p["stride"] == 1 and p["pad"] == 0
+            and p["groups"] == 1 and not x.pad and op.in_act is Act.NONE and out.shape[1] * out.shape[2] % 16 == 0)
+
+
+def _flat_planes(op: IROp, x: Value, out: Value, options: CompileOptions) -> bool:
+    """Whether this conv's output and residual are flat planes (not stored padded): its taps are chunked."""
+    return _shifted_copy(op, x, out, options) or _chunked_pointwise(op, x, out, options)
+
+
 SHIFTED_MIN_REUSE = 4        # multiply-adds per float of a shifted copy (about co * k * density) worth the copy
 L1_CHUNK_BYTES = 32 * 1024   # the input rows of one chunk of a shifted conv's taps (see _shifted_chunk)
 TAPS_PER_SEGMENT = 8         # ... and at least this many taps per output channel and chunk, on average
@@ -563,7 +580,7 @@ def _store_outputs_padded(g: _Graph, options: CompileOptions) -> None:
     for src in g.ops:
         x, val = g.io(src)
         if (src.kind != "conv" or src.params.get("linear") or val.buffer in keep or val.stride or val.at
-                or _unfolds(src, x, val, options) or _shifted_copy(src, x, val, options)):
+                or _unfolds(src, x, val, options) or _flat_planes(src, x, val, options)):
             continue
         pads = _paddings_read_in_place(g, src.output, options)
         if pads is not None and len(pads) == 1:
@@ -577,7 +594,7 @@ def _paddings_read_in_place(g: _Graph, value: int, options: CompileOptions) -> s
     for u in g.users(value):
         if u.kind != "conv" or u.params.get("linear") or _unfolds(u, *g.io(u), options):
             return None
-        if _shifted_copy(u, *g.io(u), options):   # (its input and its residual: flat planes)
+        if _flat_planes(u, *g.io(u), options):   # (its input and its residual: flat planes)
             return None
         if u.inputs[0] == value:   # (else the residual, read through a row stride)
             if u.params["stride"] != 1 or u.params["pad"] < 1 or u.in_act is not Act.NONE:
@@ -806,8 +823,8 @@ class _InputLayout:
     wq: int
     plane: int          # floats per input channel of what the taps read
     taps: np.ndarray    # (k, k): offset of each tap inside a channel's plane
-    chunk: int = 0      # shifted: input channels per chunk of taps
-    at: int = 0         # shifted: where its copy starts in the scratch (floats per image)
+    chunk: int = 0      # chunked taps (run_conv_chunked): input channels per chunk
+    at: int = 0         # ... and where its copy starts in the scratch (floats per image)
 
 
 def _input_layout(op: IROp, x: Value, out: Value, options: CompileOptions) -> _InputLayout:
@@ -841,7 +858,8 @@ def _input_layout(op: IROp, x: Value, out: Value, options: CompileOptions) -> _I
         hq, wq, shift, scratch = x.shape[1] + 2 * x.pad, x.shape[2] + 2 * x.pad, 0, Scratch.IN_PLACE
     ky, kx = ky * d + shift, kx * d + shift   # padded rows and columns, in the copy's padding
     taps = ((ky % s) * s + kx % s) * hq * wq + (ky // s) * wq + kx // s
-    return _InputLayout(scratch, Layout.PADDED, hq, wq, s * s * hq * wq, taps)
+    chunk = _shifted_chunk(op, x, out) if scratch is Scratch.IN_PLACE and _chunked_pointwise(op, x, out, options) else 0
+    return _InputLayout(scratch, Layout.PADDED, hq, wq, s * s * hq * wq, taps, chunk)
 
 
 def _density(op: IROp) -> float:
@@ -855,7 +873,7 @@ def _weight_fields(op: IROp, table: np.ndarray, layout: _InputLayout, out: Value
     w, groups = op.params["weight"], op.params["groups"]
     co, cin_g = w.shape[:2]
     flat = w.reshape(co, -1)
-    if layout.layout is Layout.SHIFTED:   # CSR segments per (chunk of input channels, output channel)
+    if layout.chunk:   # CSR segments per (chunk of input channels, output channel)
         rows, cols = np.nonzero(flat)
         chunk = cols // (w.shape[2] * w.shape[3]) // layout.chunk
         order = np.lexsort((cols, rows, chunk))
@@ -936,7 +954,7 @@ def _conv_fields(op: IROp, x: Value, y: Value | None, out: Value, pools: _Pools,
     fields.update(CHANNELS=pools.i(used), NCHANNELS=used.size, PHASES=phases)
     planes = 1 if layout.scratch is Scratch.PER_CHANNEL else x.shape[0]
     scratch = planes * layout.plane if layout.scratch is not Scratch.IN_PLACE else 0
-    if layout.layout is Layout.SHIFTED:
+    if layout.chunk:
         fields["AUX2"] = layout.at
         scratch += layout.at
     return fields, scratch, int(np.count_nonzero(w)) * out.shape[1] * out.shape[2]

@@ -135,7 +135,7 @@ _READS: dict[Op, dict[str, int]] = {
     # (IM2COL, DENSE, ROWS16: flags; Y, BIAS: < 0 none. run_conv computes x's address, the residual's padded
     # plane and the pool addresses of every conv, used or not: those fields stay in range, for no overflow)
     Op.CONV: {**_CHW, "CO": 1, "HO": 1, "WO": 1, "K": 1, "STRIDE": 1, "DIL": 1, "GROUPS": 1, "OUT_PAD": 0,
-              "ACT": ANY, "SCRATCH": ANY, **_operand("OUT"), "X": ANY, "X_AT": ANY, "Y_PAD": ANY,
+              "ACT": ANY, "SCRATCH": ANY, **_operand("OUT"), "X": ANY, "X_AT": ANY, "Y_PAD": ANY, "AUX": 0,
               "WEIGHT": ANY, "ROWPTR": ANY, "TAPS": ANY, "CHANNELS": ANY},
 }
 # a conv's fields read only in some of its variants (see run_conv)

@@ -775,20 +775,23 @@ inline bool rides(const int64_t* f) {
   return f[F_OP] == OP_CONV && f[F_SCRATCH] == SCRATCH_EARLIER_COPY && f[F_AUX] > 0;
 }
 
-// A conv on column-shifted copies (LAYOUT_SHIFTED), blocked for L1. In the output-channel order of
-// run_conv every tap loads its input rows again from L2 for every output channel (a 64-channel 32x32 input is
-// 256 KB per image): the convs ran at the rate of L2, one cache line per multiply-add. Here the taps of each
+// A conv with chunked taps (F_AUX > 0), on a column-shifted copy (LAYOUT_SHIFTED) or on its input read in place (a
+// pointwise conv), blocked for L1. In the output-channel order of run_conv every tap loads its input rows again
+// from L2 for every output channel (a 64-channel 32x32 input is 256 KB per image): the convs ran at the rate of
+// L2, one cache line per multiply-add. Here the taps of each
 // output channel are split by chunks of F_AUX input channels (the compiler sizes a chunk's rows to stay in L1),
 // stored chunk by chunk (row pointers per (chunk, output channel)), and the loops go: a tile of 16*V output
 // pixels, then a chunk, then every output channel, so all output channels read a chunk's rows while they are in
-// L1; partial sums wait in the output. Work units: images (a batch of at least one image per thread: each
-// thread copies the image it computes into its own scratch, no barrier), or (image, block of output channels)
-// after a shared copy. The riders that follow it (see rides) run on the same copy, unit by unit.
+// L1; partial sums wait in the output. Work units: images (a batch of at least one image per thread), or (image,
+// block of output channels); each thread copies the images it computes into its own scratch (no barrier). The
+// riders that follow it (see rides) run on the same copy, unit by unit.
 template <int V>
-void run_conv_shifted(const int64_t* f, const Ctx& c, Counter* next) {
+void run_conv_chunked(const int64_t* f, const Ctx& c, Counter* next) {
   const int64_t n = c.batch, cin = f[F_C], h = f[F_H], wd = f[F_W], ho = f[F_HO], wo = f[F_WO];
-  const int64_t hq = f[F_HQ], wq = f[F_WQ], k = f[F_K];
-  const int64_t s = f[F_STRIDE], plane = k * s * shifted_plane(hq, wq), pix = ho * wo, src_img = cin * plane;
+  const int64_t hq = f[F_HQ], wq = f[F_WQ], k = f[F_K], s = f[F_STRIDE], pix = ho * wo;
+  // the input read in place (a pointwise conv: its planes are the output's), or a column-shifted copy of it
+  const bool in_place = f[F_SCRATCH] == SCRATCH_IN_PLACE;
+  const int64_t plane = in_place ? hq * wq : k * s * shifted_plane(hq, wq), src_img = in_place ? f[F_X_IMG] : cin * plane;
   const int64_t nth = omp_get_num_threads();
   const float* x = c.at(f, F_X, F_X_AT);
   const int32_t* used = c.ipool + f[F_CHANNELS];
@@ -819,10 +822,12 @@ void run_conv_shifted(const int64_t* f, const Ctx& c, Counter* next) {
         }
   };
   if (n >= nth) {
-    float* const own = base + omp_get_thread_num() * src_img;
+    float* const own = in_place ? nullptr : base + omp_get_thread_num() * src_img;
     share_equally(next, n, [&](int64_t i) {
-      for (int64_t u = 0; u < nused; ++u) copy_image(i, u, own);
-      for (int64_t j = 0; j < convs; ++j) compute(f + j * N_FIELDS, own, i, 0, f[j * N_FIELDS + F_CO]);
+      if (!in_place)
+        for (int64_t u = 0; u < nused; ++u) copy_image(i, u, own);
+      for (int64_t j = 0; j < convs; ++j)
+        compute(f + j * N_FIELDS, in_place ? x + i * src_img : own, i, 0, f[j * N_FIELDS + F_CO]);
     });
     return;
   }
@@ -831,7 +836,7 @@ void run_conv_shifted(const int64_t* f, const Ctx& c, Counter* next) {
   // for a core that the machine gave to another process loses a scheduler slice, milliseconds; a copy is a few
   // microseconds). Conv after conv, each with its instruction's counters; a barrier between them only where a
   // rider reads an output (its residual).
-  float* const own = base + omp_get_thread_num() * n * src_img;
+  float* const own = in_place ? nullptr : base + omp_get_thread_num() * n * src_img;
   std::vector<uint8_t> copied(n, 0);   // image i is in own
   const int64_t oblocks = (2 * nth + n - 1) / n;
   for (int64_t j = 0; j < convs; ++j) {
@@ -840,24 +845,24 @@ void run_conv_shifted(const int64_t* f, const Ctx& c, Counter* next) {
     if (j > 0 && g[F_Y] >= 0) c.barrier->wait(omp_get_thread_num());
     share_equally(next + j * c.per_op, n * oblocks, [&](int64_t idx) {
       const int64_t i = idx / oblocks, o0 = idx % oblocks * per;
-      if (!copied[i]) {
+      if (!copied[i] && !in_place) {
         for (int64_t u = 0; u < nused; ++u) copy_image(i, u, own + i * src_img);
         copied[i] = 1;
       }
-      compute(g, own + i * src_img, i, std::min(cog, o0), std::min(cog, o0 + per));
+      compute(g, (in_place ? x : own) + i * src_img, i, std::min(cog, o0), std::min(cog, o0 + per));
     });
   }
 }
 
 // `next`: 2 x threads zeroed counters (the copy's units, then the output channels)
 void run_conv(const int64_t* f, const Ctx& c, Counter* next) {
-  if (f[F_IM2COL] == LAYOUT_SHIFTED) {   // 16*V output pixels per tile: the most that divide the plane, up to 256
+  if (f[F_AUX] > 0) {   // chunked taps: 16*V output pixels per tile, the most that divide the plane, up to 256
     const int64_t pix = f[F_HO] * f[F_WO];
-    if (pix % 256 == 0) return run_conv_shifted<16>(f, c, next);
-    if (pix % 128 == 0) return run_conv_shifted<8>(f, c, next);
-    if (pix % 64 == 0) return run_conv_shifted<4>(f, c, next);
-    if (pix % 32 == 0) return run_conv_shifted<2>(f, c, next);
-    return run_conv_shifted<1>(f, c, next);
+    if (pix % 256 == 0) return run_conv_chunked<16>(f, c, next);
+    if (pix % 128 == 0) return run_conv_chunked<8>(f, c, next);
+    if (pix % 64 == 0) return run_conv_chunked<4>(f, c, next);
+    if (pix % 32 == 0) return run_conv_chunked<2>(f, c, next);
+    return run_conv_chunked<1>(f, c, next);
   }
   const int64_t n = c.batch, cin = f[F_C], h = f[F_H], wd = f[F_W], co = f[F_CO], ho = f[F_HO], wo = f[F_WO];
   const int64_t s = f[F_STRIDE], hq = f[F_HQ], wq = f[F_WQ];
@@ -868,7 +873,7 @@ void run_conv(const int64_t* f, const Ctx& c, Counter* next) {
   int64_t src_img = x_img;
   // the copy's layout: padded (phase-split when strided) planes of hq x wq, unfolded rows, or column-shifted
   // planes (an input stored padded by its producer has no copy: hq x wq are its padded planes)
-  // (LAYOUT_SHIFTED: run_conv_shifted)
+  // (chunked taps, F_AUX > 0: run_conv_chunked)
   const bool im2col = f[F_IM2COL] == LAYOUT_UNFOLDED;
   const int64_t plane = im2col ? f[F_K] * f[F_K] * ho * wo : (f[F_SCRATCH] != SCRATCH_IN_PLACE ? s * s : 1) * hq * wq;
   // F_SCRATCH: IN_PLACE reads x; OWN_COPY makes a padded / unfolded copy of x, shared by the threads;
