@@ -551,7 +551,8 @@ def _flat_planes(op: IROp, x: Value, out: Value, options: CompileOptions) -> boo
     return _shifted_copy(op, x, out, options) or _chunked_pointwise(op, x, out, options)
 
 
-SHIFTED_MIN_REUSE = 4        # multiply-adds per float of a shifted copy (about co * k * density) worth the copy
+SHIFTED_MIN_REUSE = 8        # multiply-adds per float of a shifted copy (about co * k * density) worth the copy
+                             # (below a thread per image every thread copies the whole image: 4 lost at 99%)
 L1_CHUNK_BYTES = 32 * 1024   # the input rows of one chunk of a shifted conv's taps (see _shifted_chunk)
 TAPS_PER_SEGMENT = 8         # ... and at least this many taps per output channel and chunk, on average
 
