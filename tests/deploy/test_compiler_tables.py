@@ -101,7 +101,8 @@ def test_format_codes_do_not_change():
     """Saved programs hold these values: renumbering any of them breaks every exported model."""
     assert signature() == (
         "op:CONV=1,ACT=2,ADD=3,AFFINE=4,POOL=5,GAP=6,COPY_CHANNELS=7,SHIFT=8,ZERO=9,;act:NONE=0,RELU=1,RELU6=2,;"
-        "scratch:IN_PLACE=0,OWN_COPY=1,EARLIER_COPY=2,PER_THREAD=3,PER_CHANNEL=4,;layout:PADDED=0,UNFOLDED=1,SHIFTED=2,;pool:MAX=0,AVG_INSIDE=1,AVG_PADDED=2,;"
+        "scratch:IN_PLACE=0,OWN_COPY=1,EARLIER_COPY=2,PER_THREAD=3,PER_CHANNEL=4,;layout:PADDED=0,UNFOLDED=1,SHIFTED=2,;"
+        "pool:MAX=0,AVG_INSIDE=1,AVG_PADDED=2,;"
         "field:OP=0,X=1,Y=2,OUT=3,C=4,H=5,W=6,CO=7,HO=8,WO=9,K=10,STRIDE=11,PAD=12,DIL=13,GROUPS=14,ACT=15,"
         "IN_ACT=16,WEIGHT=17,BIAS=18,ROWPTR=19,TAPS=20,DENSE=21,KTAPS=22,HQ=23,WQ=24,SCRATCH=25,AUX=26,AUX2=27,"
         "X_IMG=28,Y_IMG=29,OUT_IMG=30,OUT_PAD=31,X_AT=32,Y_AT=33,OUT_AT=34,CHANNELS=35,NCHANNELS=36,PHASES=37,"

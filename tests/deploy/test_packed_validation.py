@@ -251,7 +251,7 @@ def test_offsets_and_sizes_out_of_range_are_refused(program, field, value, match
     ("SCRATCH", int(Scratch.PER_THREAD), "SCRATCH = OWN_COPY"),
 ])
 def test_shifted_conv_fields_are_checked(program, field, value, match):
-    """run_conv_shifted: chunks of input channels, the copy's place in the scratch and its flat planes."""
+    """run_conv_chunked: chunks of input channels, the copy's place in the scratch and its flat planes."""
     k = _first(program, Op.CONV, IM2COL=int(Layout.SHIFTED))
     _refused(lambda: PackedModel(_edit(program, k, **{field: value})), f"instruction #{k} (conv)", REEXPORT, match)
 

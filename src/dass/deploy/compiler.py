@@ -553,12 +553,12 @@ def _flat_planes(op: IROp, x: Value, out: Value, options: CompileOptions) -> boo
 
 SHIFTED_MIN_REUSE = 8        # multiply-adds per float of a shifted copy (about co * k * density) worth the copy
                              # (below a thread per image every thread copies the whole image: 4 lost at 99%)
-L1_CHUNK_BYTES = 32 * 1024   # the input rows of one chunk of a shifted conv's taps (see _shifted_chunk)
+L1_CHUNK_BYTES = 32 * 1024   # the input rows of one chunk of a chunked conv's taps (see _taps_chunk)
 TAPS_PER_SEGMENT = 8         # ... and at least this many taps per output channel and chunk, on average
 
 
-def _shifted_chunk(op: IROp, x: Value, out: Value) -> int:
-    """Input channels per chunk of a shifted conv's taps (run_conv_shifted): as many as keep the rows that one
+def _taps_chunk(op: IROp, x: Value, out: Value) -> int:
+    """Input channels per chunk of a chunked conv's taps (run_conv_chunked): as many as keep the rows that one
     tile of output pixels reads from them within L1, but enough that an output channel holds several taps in each
     chunk (every chunk costs a load and a store of the tile's partial sums)."""
     p, (co, cin, k, _) = op.params, op.params["weight"].shape
@@ -842,12 +842,12 @@ def _input_layout(op: IROp, x: Value, out: Value, options: CompileOptions) -> _I
         hq = ho + (maker.params["weight"].shape[-1] - 1) * maker.params["dil"] // s
         plane = maker.params["weight"].shape[-1] * s * shifted_plane(hq, wo)
         return _InputLayout(Scratch.EARLIER_COPY, Layout.SHIFTED, hq, wo, plane, p["rider_taps"],
-                            _shifted_chunk(op, x, out), maker.params.get("scratch_at", 0))
+                            _taps_chunk(op, x, out), maker.params.get("scratch_at", 0))
     if _shifted_copy(op, x, out, options):   # plane (kx, ky*d % s) from row ky*d // s: ho * wo floats per tap
         hq = ho + (k - 1) * d // s
         sub = shifted_plane(hq, wo)
         return _InputLayout(Scratch.OWN_COPY, Layout.SHIFTED, hq, wo, k * s * sub,
-                            (kx * s + ky * d % s) * sub + ky * d // s * wo, _shifted_chunk(op, x, out),
+                            (kx * s + ky * d % s) * sub + ky * d // s * wo, _taps_chunk(op, x, out),
                             p.get("scratch_at", 0))
     geometry = _copy_geometry(op, x, out, options)
     if "copy_of" in p:
@@ -859,7 +859,8 @@ def _input_layout(op: IROp, x: Value, out: Value, options: CompileOptions) -> _I
         hq, wq, shift, scratch = x.shape[1] + 2 * x.pad, x.shape[2] + 2 * x.pad, 0, Scratch.IN_PLACE
     ky, kx = ky * d + shift, kx * d + shift   # padded rows and columns, in the copy's padding
     taps = ((ky % s) * s + kx % s) * hq * wq + (ky // s) * wq + kx // s
-    chunk = _shifted_chunk(op, x, out) if scratch is Scratch.IN_PLACE and _chunked_pointwise(op, x, out, options) else 0
+    chunked = scratch is Scratch.IN_PLACE and _chunked_pointwise(op, x, out, options)
+    chunk = _taps_chunk(op, x, out) if chunked else 0
     return _InputLayout(scratch, Layout.PADDED, hq, wq, s * s * hq * wq, taps, chunk)
 
 
@@ -890,8 +891,8 @@ def _weight_fields(op: IROp, table: np.ndarray, layout: _InputLayout, out: Value
     group_base = 0 if layout.scratch is Scratch.PER_CHANNEL else (rows // (co // groups)) * cin_g * layout.plane
     rowptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=co))])
     offsets = table[cols] + group_base
-    rows16 = (options.rows16 and layout.layout is Layout.UNFOLDED and out.shape[1] * out.shape[2] == 16 and offsets.size > 0
-              and offsets.max() // 16 < 2**16)
+    rows16 = (options.rows16 and layout.layout is Layout.UNFOLDED and out.shape[1] * out.shape[2] == 16
+              and offsets.size > 0 and offsets.max() // 16 < 2**16)
     if rows16:   # 16-bit row numbers, two per int32 word of the pool
         packed = (offsets // 16).astype(np.uint16)
         offsets = np.concatenate([packed, np.zeros(packed.size % 2, np.uint16)]).view(np.int32)

@@ -442,7 +442,7 @@ class _Convs:
         t.need(rows, s <= 8, "STRIDE", "a padded copy holds at most 8 x 8 phase planes", phases)
         t.need(rows, h + pad <= hq * s, "HQ", "the padded copy has fewer rows than PAD + H", phases)
         t.need(rows, w + pad <= wq * s, "WQ", "the padded copy has fewer columns than PAD + W", phases)
-        # run_conv_shifted: a conv, not grouped, copies its input as K*STRIDE planes of HQ rows of WQ (= WO)
+        # run_conv_chunked: a conv, not grouped, copies its input as K*STRIDE planes of HQ rows of WQ (= WO)
         # floats at AUX2 floats per image into the scratch and computes tiles of 16*V of the HO*WO output pixels
         # (flat planes: output and residual not stored padded) over CSR segments of chunks of AUX input channels
         aux, at = t.col(rows, "AUX", "AUX2")
@@ -458,9 +458,10 @@ class _Convs:
         t.need(rows, ~shifted | ((wq == wo) & (pix % 16 == 0) & (opad == 0) & (yp == 0)), "WQ", "a column-shifted "
                "copy's rows are the output's (WQ = WO), of whole 16-pixel tiles, neither stored padded")
         reach = dil * (k - 1)
-        t.need(rows, ~shifted | ((ho == (h + 2 * pad - reach - 1) // s + 1) & (wo == (w + 2 * pad - reach - 1) // s + 1)
-                                 & (rider | (hq == ho + reach // s))), "PAD", "a column-shifted copy needs HO, WO (the conv's "
-               "output for H, W, PAD, K, DIL, STRIDE) and HQ = HO + DIL * (K - 1) / STRIDE")
+        geometry = ((ho == (h + 2 * pad - reach - 1) // s + 1) & (wo == (w + 2 * pad - reach - 1) // s + 1)
+                    & (rider | (hq == ho + reach // s)))
+        t.need(rows, ~shifted | geometry, "PAD", "a column-shifted copy needs HO, WO (the conv's output for H, W, PAD, "
+               "K, DIL, STRIDE) and HQ = HO + DIL * (K - 1) / STRIDE")
         # chunked taps (AUX > 0, run_conv_chunked): on a column-shifted copy, or on the input read in place (a
         # pointwise conv: flat planes as long as the output's)
         chunked = aux > 0

@@ -88,7 +88,8 @@ constexpr int64_t kIm2colMaxPadded = DASS_IM2COL_MAX_PADDED;
 #define DASS_STRING(x) DASS_STRING_(x)
 #define DASS_STRING_(x) #x
 constexpr char kSignature[] =
-    "op:" DASS_OPS(DASS_SPELL) ";act:" DASS_ACTS(DASS_SPELL) ";scratch:" DASS_SCRATCH(DASS_SPELL) ";layout:" DASS_LAYOUTS(DASS_SPELL)
+    "op:" DASS_OPS(DASS_SPELL) ";act:" DASS_ACTS(DASS_SPELL) ";scratch:" DASS_SCRATCH(DASS_SPELL)
+    ";layout:" DASS_LAYOUTS(DASS_SPELL)
     ";pool:" DASS_POOLS(DASS_SPELL) ";field:" DASS_FIELDS(DASS_SPELL)
     ";limits:IM2COL_MAX_PADDED=" DASS_STRING(DASS_IM2COL_MAX_PADDED) ",";
 
@@ -791,7 +792,8 @@ void run_conv_chunked(const int64_t* f, const Ctx& c, Counter* next) {
   const int64_t hq = f[F_HQ], wq = f[F_WQ], k = f[F_K], s = f[F_STRIDE], pix = ho * wo;
   // the input read in place (a pointwise conv: its planes are the output's), or a column-shifted copy of it
   const bool in_place = f[F_SCRATCH] == SCRATCH_IN_PLACE;
-  const int64_t plane = in_place ? hq * wq : k * s * shifted_plane(hq, wq), src_img = in_place ? f[F_X_IMG] : cin * plane;
+  const int64_t plane = in_place ? hq * wq : k * s * shifted_plane(hq, wq);
+  const int64_t src_img = in_place ? f[F_X_IMG] : cin * plane;
   const int64_t nth = omp_get_num_threads();
   const float* x = c.at(f, F_X, F_X_AT);
   const int32_t* used = c.ipool + f[F_CHANNELS];
