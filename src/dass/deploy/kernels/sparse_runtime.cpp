@@ -718,12 +718,12 @@ void share_equally(Counter* next, int64_t total, Fn fn) {
 }
 
 // One tile of 16*V output pixels of one output channel over the taps of one chunk of input channels
-// (LAYOUT_SHIFTED): the partial sums of the earlier chunks wait in dst; the first chunk starts from the bias,
+// (run_conv_chunked): the partial sums of the earlier chunks wait in dst; the first chunk starts from the bias,
 // the last adds the residual and applies the activation.
 template <int V>
-inline void shifted_tile(const float* __restrict src, const int32_t* __restrict taps, const float* __restrict w,
-                         int64_t count, float* __restrict dst, float bias, bool first, bool last, int64_t act,
-                         const float* __restrict res) {
+inline void chunk_tile(const float* __restrict src, const int32_t* __restrict taps, const float* __restrict w,
+                       int64_t count, float* __restrict dst, float bias, bool first, bool last, int64_t act,
+                       const float* __restrict res) {
 #if DASS_V16
   typedef v16f VT;
   typedef v16u VU;
@@ -779,11 +779,10 @@ inline bool rides(const int64_t* f) {
 // A conv with chunked taps (F_AUX > 0), on a column-shifted copy (LAYOUT_SHIFTED) or on its input read in place (a
 // pointwise conv), blocked for L1. In the output-channel order of run_conv every tap loads its input rows again
 // from L2 for every output channel (a 64-channel 32x32 input is 256 KB per image): the convs ran at the rate of
-// L2, one cache line per multiply-add. Here the taps of each
-// output channel are split by chunks of F_AUX input channels (the compiler sizes a chunk's rows to stay in L1),
-// stored chunk by chunk (row pointers per (chunk, output channel)), and the loops go: a tile of 16*V output
-// pixels, then a chunk, then every output channel, so all output channels read a chunk's rows while they are in
-// L1; partial sums wait in the output. Work units: images (a batch of at least one image per thread), or (image,
+// L2, one cache line per multiply-add. Here the taps of each output channel are split by chunks of F_AUX input
+// channels (the compiler sizes a chunk's rows to stay in L1), stored chunk by chunk (row pointers per (chunk,
+// output channel)), and the loops go: a tile of 16*V output pixels, then a chunk, then every output channel, so all
+// output channels read a chunk's rows while they are in L1; partial sums wait in the output. Work units: images (a batch of at least one image per thread), or (image,
 // block of output channels); each thread copies the images it computes into its own scratch (no barrier). The
 // riders that follow it (see rides) run on the same copy, unit by unit.
 template <int V>
@@ -819,8 +818,8 @@ void run_conv_chunked(const int64_t* f, const Ctx& c, Counter* next) {
       for (int64_t ch = 0; ch < nchunks; ++ch)
         for (int64_t o = o0; o < o1; ++o) {
           const int64_t lo = rowptr[ch * cog + o], hi = rowptr[ch * cog + o + 1];
-          shifted_tile<V>(src + p0, taps + lo, weight + lo, hi - lo, dst + o * pix + p0, bias ? bias[o] : 0.f, ch == 0,
-                          ch == nchunks - 1, g[F_ACT], r ? r + o * pix + p0 : nullptr);
+          chunk_tile<V>(src + p0, taps + lo, weight + lo, hi - lo, dst + o * pix + p0, bias ? bias[o] : 0.f, ch == 0,
+                        ch == nchunks - 1, g[F_ACT], r ? r + o * pix + p0 : nullptr);
         }
   };
   if (n >= nth) {
