@@ -557,7 +557,7 @@ L1_CHUNK_BYTES = 32 * 1024   # the input rows of one chunk of a chunked conv's t
 TAPS_PER_SEGMENT = 8         # ... and at least this many taps per output channel and chunk, on average
 
 
-def _taps_chunk(op: IROp, x: Value, out: Value) -> int:
+def _taps_chunk(op: IROp, out: Value) -> int:
     """Input channels per chunk of a chunked conv's taps (run_conv_chunked): as many as keep the rows that one
     tile of output pixels reads from them within L1, but enough that an output channel holds several taps in each
     chunk (every chunk costs a load and a store of the tile's partial sums)."""
@@ -842,12 +842,12 @@ def _input_layout(op: IROp, x: Value, out: Value, options: CompileOptions) -> _I
         hq = ho + (maker.params["weight"].shape[-1] - 1) * maker.params["dil"] // s
         plane = maker.params["weight"].shape[-1] * s * shifted_plane(hq, wo)
         return _InputLayout(Scratch.EARLIER_COPY, Layout.SHIFTED, hq, wo, plane, p["rider_taps"],
-                            _taps_chunk(op, x, out), maker.params.get("scratch_at", 0))
+                            _taps_chunk(op, out), maker.params.get("scratch_at", 0))
     if _shifted_copy(op, x, out, options):   # plane (kx, ky*d % s) from row ky*d // s: ho * wo floats per tap
         hq = ho + (k - 1) * d // s
         sub = shifted_plane(hq, wo)
         return _InputLayout(Scratch.OWN_COPY, Layout.SHIFTED, hq, wo, k * s * sub,
-                            (kx * s + ky * d % s) * sub + ky * d // s * wo, _taps_chunk(op, x, out),
+                            (kx * s + ky * d % s) * sub + ky * d // s * wo, _taps_chunk(op, out),
                             p.get("scratch_at", 0))
     geometry = _copy_geometry(op, x, out, options)
     if "copy_of" in p:
@@ -860,7 +860,7 @@ def _input_layout(op: IROp, x: Value, out: Value, options: CompileOptions) -> _I
     ky, kx = ky * d + shift, kx * d + shift   # padded rows and columns, in the copy's padding
     taps = ((ky % s) * s + kx % s) * hq * wq + (ky // s) * wq + kx // s
     chunked = scratch is Scratch.IN_PLACE and _chunked_pointwise(op, x, out, options)
-    chunk = _taps_chunk(op, x, out) if chunked else 0
+    chunk = _taps_chunk(op, out) if chunked else 0
     return _InputLayout(scratch, Layout.PADDED, hq, wq, s * s * hq * wq, taps, chunk)
 
 

@@ -472,9 +472,7 @@ class _Convs:
                                        & (yp == 0) & (wq == wo) & (hq == ho)), "HQ",
                "chunked taps on an input read in place need sparse 32-bit taps, no groups, flat planes of the "
                "output's size (HQ = HO, WQ = WO) in whole 16-pixel tiles, neither stored padded")
-        t.need(rows, ~shifted | ((aux >= 1) & (aux <= c)), "AUX", "a chunk holds 1 to C input channels")
         t.need(rows, ~chunked | (aux <= c), "AUX", "a chunk holds 1 to C input channels")
-        t.need(rows, ~shifted | (at >= 0), "AUX2", "the copy's place in the scratch must be 0 or more")
         t.need(rows, ~shifted | ((at + src <= t.scratch) & (at + src <= t.private)), "AUX2", lambda j: f"the copy "
                f"needs {at[j] + src[j]:.0f} floats per image (and thread), scratch_size is {t.scratch}, "
                f"private_scratch_size {t.private}")
