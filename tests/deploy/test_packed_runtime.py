@@ -187,8 +187,8 @@ def test_batch_sizes_and_save_load(tmp_path, images):
 def test_sparse_and_dense_layouts_agree(images):
     model = synthetic_model("resnet18", 0.9, (3, 32, 32), width=0.125)
     x = images[:2].numpy()
-    sparse = PackedModel(compile_model(model, (3, 32, 32), options=CompileOptions(dense_threshold=1.1)))
-    dense = PackedModel(compile_model(model, (3, 32, 32), options=CompileOptions(dense_threshold=0.0)))
+    sparse = PackedModel(compile_model(model, (3, 32, 32), options=CompileOptions(dense_threshold=1.1, batched=False)))
+    dense = PackedModel(compile_model(model, (3, 32, 32), options=CompileOptions(dense_threshold=0.0, batched=False)))
     assert np.abs(sparse(x) - dense(x)).max() < TOL
     # the dense layout stores every weight, the sparse one only the nonzeros
     assert dense.program.fpool.size > 5 * sparse.program.fpool.size

@@ -485,6 +485,8 @@ WORKER = textwrap.dedent(r'''
 
     packed_module._aligned_zeros = lambda count: guarded(np.zeros(max(1, count), np.float32))
 
+    RUNS = ((1, 2), (2, 1))   # (batch, threads) (batch 1: per-thread copies; 1 thread: no barriers)
+
     def run(path, x):
         global AT_END
         model = PackedModel.load(path, threads=2)
@@ -492,8 +494,11 @@ WORKER = textwrap.dedent(r'''
         for AT_END in (True, False):
             model._instructions, model._fpool, model._ipool = (guarded(a) for a in (
                 model._instructions, model._fpool, model._ipool))
-            for batch, threads in ((1, 2), (2, 1)):   # (batch 1: per-thread copies; 1 thread: no barriers)
+            if model._batched is not None:
+                model._batched_ins, model._batched_io = guarded(model._batched_ins), guarded(model._batched_io)
+            for batch, threads in RUNS:
                 model.threads, model._shape = threads, (0, 0)   # new guarded arena and scratch
+                model._arenas = np.zeros(0, np.float32)         # (and the batched program's)
                 outs.append(model(x[:batch]))
         return outs
 

@@ -26,7 +26,8 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from ..errors import DassError
 from .fold import fold_batchnorm
-from .program import IM2COL_MAX_PADDED, N_FIELDS, Act, Field, Layout, Op, PoolKind, Program, Scratch, shifted_plane
+from .batched import lower_batched
+from .program import IM2COL_MAX_PADDED, N_FIELDS, Act, Batched, Field, Layout, Op, PoolKind, Program, Scratch, shifted_plane
 
 ALIGN = 16  # floats: arena buffers start on cache lines
 
@@ -45,6 +46,7 @@ class CompileOptions:
     private_depthwise: bool = True  # depthwise convs copy each channel's padded plane just before using it
     shifted_copies: bool = True   # convs copy their input as column-shifted planes (aligned loads, taps chunked)
     chunked_pointwise: bool = True  # pointwise convs chunk their taps too (tiles of pixels outside the channels)
+    batched: bool = True          # also compile the batch-interleaved program for batches of 16+ (dass.deploy.batched)
 
 
 def _shape(node: torch.fx.Node) -> tuple[int, ...]:
@@ -988,10 +990,10 @@ def _label(op: IROp, x: Value) -> str:
 class _Emitter:
     """The instruction table, weight pools, arena plan and scratch sizes of a laid-out graph."""
 
-    def __init__(self, g: _Graph, options: CompileOptions):
+    def __init__(self, g: _Graph, options: CompileOptions, pools: _Pools):
         self.g, self.options = g, options
         self.offsets, self.arena_size = _plan_arena(g)
-        self.pools = _Pools()
+        self.pools = pools
         self.rows: list[np.ndarray] = []
         self.labels: list[str] = []
         self.macs: list[int] = []
@@ -1033,7 +1035,7 @@ class _Emitter:
                 fields.update(_OP_FIELDS[op.kind](op, self.pools))
         self.row(Op[op.kind.upper()], x, y, out, _label(op, x), macs, fields)
 
-    def program(self) -> Program:
+    def program(self, batched: Batched | None) -> Program:
         for op in self.g.ops:
             self.op(op)
         inp, outv = self.g.values[self.g.input_id], self.g.values[self.g.output_id]
@@ -1042,7 +1044,8 @@ class _Emitter:
             fpool=np.concatenate(self.pools.floats), ipool=np.concatenate(self.pools.ints),
             arena_size=self.arena_size, scratch_size=self.scratch, input_offset=self.offsets[inp.buffer],
             input_shape=inp.shape, output_offset=self.offsets[outv.buffer], output_shape=outv.shape,
-            labels=self.labels, macs=self.macs, output_dims=self.g.output_dims, private_scratch_size=self.private)
+            labels=self.labels, macs=self.macs, output_dims=self.g.output_dims, private_scratch_size=self.private,
+            batched=batched)
 
 
 def compile_model(model: nn.Module, input_shape: tuple[int, int, int],
@@ -1057,6 +1060,8 @@ def compile_model(model: nn.Module, input_shape: tuple[int, int, int],
         _schedule_riders(graph, options)
     _fuse_additions_into_convs(graph)
     _fuse_activations_into_producers(graph)
+    pools = _Pools()
+    batched = lower_batched(graph, pools, _plan_arena, _label) if options.batched else None
     _fuse_activations_into_input_copies(graph)
     _place_concat_inputs(graph)
     if options.pad_values:
@@ -1064,4 +1069,4 @@ def compile_model(model: nn.Module, input_shape: tuple[int, int, int],
     if options.share_copies:
         _attach_riders(graph, options)
         _share_padded_copies(graph, options)
-    return _Emitter(graph, options).program()
+    return _Emitter(graph, options, pools).program(batched)

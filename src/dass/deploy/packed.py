@@ -18,9 +18,11 @@ import numpy as np
 from ..errors import DassError
 from ..runtime.files import atomic_write  # (dass.runtime imports torch lazily)
 from .defaults import DEFAULT_THREADS
-from .program import Program
+from .batched import BATCHED_MIN
+from .program import Batched, Program
 from .native import library
 from .validate import MAX_THREAD_BYTES, MAX_THREADS, REEXPORT, thread_bytes, validate_program
+from .validate_batched import validate_batched
 
 FORMAT = "dass-packed-model"
 VERSION = 2   # 2: instructions gained the padded-storage fields
@@ -39,9 +41,10 @@ def _aligned_zeros(count: int) -> np.ndarray:
 
 
 class PackedModel:
-    """Runs a :class:`Program` on NumPy batches with the compiled kernels."""
+    """Runs a :class:`Program` on NumPy batches with the compiled kernels: batches of ``BATCHED_MIN`` images and
+    more with its batched program when it has one (``batched=False``: never)."""
 
-    def __init__(self, program: Program, threads: int = DEFAULT_THREADS):
+    def __init__(self, program: Program, threads: int = DEFAULT_THREADS, batched: bool = True):
         self.threads = threads
         self.program = program
         # The runtime reads private copies of the arrays and sizes, checked by validate_program: a program
@@ -49,7 +52,18 @@ class PackedModel:
         arrays = ("instructions", "fpool", "ipool")
         snapshot = Program(**{name: np.array(v, copy=True) if name in arrays and isinstance(v, np.ndarray) else v
                               for name, v in ((name, getattr(program, name)) for name in Program.__dataclass_fields__)})
+        b = program.batched
+        if isinstance(b, Batched):
+            snapshot.batched = Batched(np.array(b.instructions, copy=True), b.arena_size,
+                                       tuple(b.io) if isinstance(b.io, (tuple, list)) else b.io,
+                                       list(b.labels) if isinstance(b.labels, (tuple, list)) else b.labels,
+                                       list(b.macs) if isinstance(b.macs, (tuple, list)) else b.macs)
         validate_program(snapshot)
+        validate_batched(snapshot)
+        self._batched = snapshot.batched if batched else None
+        if self._batched is not None:
+            self._batched_ins = np.ascontiguousarray(self._batched.instructions)
+            self._batched_io = np.array(self._batched.io, np.int64)
         self._instructions = np.ascontiguousarray(snapshot.instructions)
         self._fpool = np.ascontiguousarray(snapshot.fpool)
         self._ipool = np.ascontiguousarray(snapshot.ipool)
@@ -63,6 +77,7 @@ class PackedModel:
         self._shape = (0, 0)   # (batch, threads) the buffers are sized for
         self._arena = np.zeros(0, np.float32)
         self._scratch = np.zeros(1, np.float32)
+        self._arenas = np.zeros(0, np.float32)   # the batched program's, one per thread
 
     @property
     def threads(self) -> int:
@@ -95,6 +110,30 @@ class PackedModel:
                                 "run smaller batches") from None
             self._shape = (batch, self.threads)
 
+    def uses_batched(self, batch: int) -> bool:
+        """Whether a batch of ``batch`` images runs the batched program."""
+        return self._batched is not None and batch >= BATCHED_MIN and bool(self._lib.dass_batched_vectorized())
+
+    def _run_batched(self, x: np.ndarray, times: np.ndarray | None) -> np.ndarray:
+        n, b = x.shape[0], self._batched
+        need = b.arena_size * self.threads
+        if self._arenas.size != need:
+            try:
+                self._arenas = _aligned_zeros(need)
+            except (MemoryError, ValueError):
+                self._arenas = np.zeros(0, np.float32)
+                raise DassError(f"not enough memory for {self.threads} threads' batch buffers (the packed model "
+                                f"needs {4 * need / 2**20:.0f} MiB); use fewer threads") from None
+        x = np.ascontiguousarray(x)
+        out = np.empty((n, self._output_size), np.float32)
+        ins = self._batched_ins
+        err = self._lib.dass_run_batched(_ptr(ins), len(ins), _ptr(self._arenas), b.arena_size, _ptr(self._fpool),
+                                         _ptr(self._ipool), _ptr(self._batched_io), _ptr(x), _ptr(out), n,
+                                         self.threads, _ptr(times) if times is not None else None)
+        if err:
+            raise DassError(f"the runtime met an instruction it cannot batch (#{err - 1}); re-export the model")
+        return out.reshape(n, *self._output_dims)
+
     def _run(self, x: np.ndarray, times: np.ndarray | None) -> np.ndarray:
         try:
             x = np.asarray(x, dtype=np.float32)
@@ -108,6 +147,8 @@ class PackedModel:
         n = x.shape[0]
         if n == 0:
             return np.zeros((0, *self._output_dims), np.float32)
+        if self.uses_batched(n):
+            return self._run_batched(x, times)
         self._buffers(n)
         input_offset, output_offset = self._sizes[3:]
         size_in = math.prod(self._input_shape)
@@ -126,7 +167,9 @@ class PackedModel:
 
     def profile(self, x: np.ndarray, repeats: int = 10) -> dict[str, dict[str, float]]:
         """Mean seconds per call and nonzero multiply-adds by op type, after one warm-up run."""
-        times = np.zeros(len(self._instructions), np.float64)
+        n = np.asarray(x).shape[0] if np.asarray(x).ndim == 4 else 1
+        program = self._batched if self.uses_batched(n) else self.program
+        times = np.zeros(len(program.labels), np.float64)
         self._run(x, times)
         total = np.zeros_like(times)
         for _ in range(repeats):
@@ -134,8 +177,7 @@ class PackedModel:
             total += times
         total /= repeats
         out: dict[str, dict[str, float]] = defaultdict(lambda: {"seconds": 0.0, "macs": 0, "count": 0})
-        n = np.asarray(x).shape[0] if np.asarray(x).ndim == 4 else 1
-        for label, t, mac in zip(self.program.labels, total, self.program.macs):
+        for label, t, mac in zip(program.labels, total, program.macs):
             out[label]["seconds"] += float(t)
             out[label]["macs"] += int(mac) * n
             out[label]["count"] += 1
@@ -152,11 +194,15 @@ class PackedModel:
                     private_scratch_size=p.private_scratch_size,
                     input_offset=p.input_offset, input_shape=list(p.input_shape), output_offset=p.output_offset,
                     output_shape=list(p.output_shape), output_dims=list(p.output_dims), labels=p.labels, macs=p.macs)
+        arrays = dict(instructions=p.instructions, fpool=p.fpool, ipool=p.ipool)
+        if p.batched is not None:
+            b = p.batched
+            meta["batched"] = dict(arena_size=b.arena_size, io=[int(v) for v in b.io], labels=b.labels, macs=b.macs)
+            arrays["batched"] = b.instructions
 
         def write(tmp: str) -> None:
             with open(tmp, "wb") as fh:
-                np.savez(fh, instructions=p.instructions, fpool=p.fpool, ipool=p.ipool,
-                         meta=np.frombuffer(json.dumps(meta).encode(), np.uint8))
+                np.savez(fh, **arrays, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8))
 
         path = Path(path)
         atomic_write(path, write)
@@ -180,7 +226,7 @@ class PackedModel:
                 if raw.dtype != np.uint8 or raw.ndim != 1:
                     raise DassError(f"{broken} (its meta is a {raw.ndim}-d {raw.dtype} array); {REEXPORT}")
                 meta = json.loads(raw.tobytes().decode("utf-8"))
-                arrays = {k: z[k] for k in ("instructions", "fpool", "ipool")}
+                arrays = {k: z[k] for k in ("instructions", "fpool", "ipool", "batched") if k in names}
         except DassError:
             raise
         except Exception as exc:   # noqa: BLE001 (BadZipFile, zlib.error, EOFError, UnicodeError, ValueError, ...)
@@ -204,4 +250,10 @@ class PackedModel:
                           meta["scratch_size"], meta["input_offset"], tuple(meta["input_shape"]),
                           meta["output_offset"], tuple(meta["output_shape"]), meta["labels"], meta["macs"],
                           tuple(meta["output_dims"]), meta.get("private_scratch_size", 0))
+        if "batched" in arrays or "batched" in meta:   # (files written before batched programs have neither)
+            b = meta.get("batched")
+            if not isinstance(b, dict) or "batched" not in arrays \
+                    or any(k not in b for k in ("arena_size", "io", "labels", "macs")):
+                raise DassError(f"{broken} (its batched program is incomplete); {REEXPORT}")
+            program.batched = Batched(arrays["batched"], b["arena_size"], b["io"], b["labels"], b["macs"])
         return cls(program, threads)

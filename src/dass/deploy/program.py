@@ -145,6 +145,21 @@ def signature_mismatch(other: str) -> list[str]:
 
 
 @dataclass
+class Batched:
+    """A network's batch-interleaved program; it addresses the weight pools of the :class:`Program` it belongs to
+    (:mod:`dass.deploy.batched`).
+
+    ``arena_size`` is floats per block of 16 images (one arena per thread); ``io`` the input's arena offset,
+    C, H, W and stored padding, then the output's."""
+
+    instructions: np.ndarray     # (n, N_FIELDS) int64
+    arena_size: int
+    io: tuple[int, ...]
+    labels: list[str]
+    macs: list[int]              # nonzero multiply-adds per instruction and image
+
+
+@dataclass
 class Program:
     """A compiled network: instructions, weight pools and the arena plan (all NumPy, no PyTorch)."""
 
@@ -161,6 +176,7 @@ class Program:
     macs: list[int]              # nonzero multiply-adds per instruction and image
     output_dims: tuple[int, ...]  # the model's per-image output shape, e.g. (classes,)
     private_scratch_size: int = 0  # floats per image and thread (convs that unfold into a copy of their own)
+    batched: Batched | None = None  # the program for batches of 16 images and more, when the network has one
 
     @property
     def output_size(self) -> int:

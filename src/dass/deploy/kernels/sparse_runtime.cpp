@@ -1251,6 +1251,233 @@ void run_zero(const int64_t* f, const Ctx& c, Counter* next) {
   share_equally(next, n, [&](int64_t i) { std::fill(out + i * f[F_OUT_IMG], out + i * f[F_OUT_IMG] + size, 0.f); });
 }
 
+
+// ---- batch-interleaved execution (dass_run_batched) -------------------------------------------------------
+//
+// At batches of 16 images and more, a second program (dass.deploy.batched) runs with every activation stored
+// as [channel][row][column][16 images], planes zero-padded as their readers need: one 16-float vector holds
+// one pixel of 16 images. A sparse conv's tap is then one weight times whole aligned vectors at every output
+// pixel, whatever its shift, stride or kernel size: a tile of up to 16 output pixels accumulates in 16
+// registers, each tap costs one index, one broadcast and 16 multiply-adds with aligned loads. No copies, no
+// unfolding, no straddling loads; each thread runs the whole network on its own blocks of 16 images without
+// a barrier (blocks left over are shared op by op).
+// Fields: X/Y/OUT are offsets in the block's arena; HQ x WQ the stored (padded) input plane; OUT_PAD, Y_PAD the
+// stored padding of the output and the residual; a conv's TAPS hold offsets (floats) of the tap's pixel for
+// output pixel (0, 0) in the stored input, its ROWPTR segments per (chunk of input channels, output channel),
+// AUX chunks.
+
+constexpr int64_t kLanes = 16;
+#ifndef DASS_IL_CN
+#define DASS_IL_CN 8
+#endif
+
+inline int64_t pow2_floor(int64_t v) {
+  int64_t p = 1;
+  while (p * 2 <= v) p *= 2;
+  return p;
+}
+
+// Zero the border of a stored plane of hp x wp pixels padded by p.
+inline void zero_border16(float* plane, int64_t hp, int64_t wp, int64_t p) {
+  if (p <= 0) return;
+  std::fill(plane, plane + p * wp * kLanes, 0.f);
+  std::fill(plane + (hp - p) * wp * kLanes, plane + hp * wp * kLanes, 0.f);
+  for (int64_t y = p; y < hp - p; ++y) {
+    float* row = plane + y * wp * kLanes;
+    std::fill(row, row + p * kLanes, 0.f);
+    std::fill(row + (wp - p) * kLanes, row + wp * kLanes, 0.f);
+  }
+}
+
+#if DASS_V16
+// One tile of R x CN output pixels (x 16 images) of one output channel, over the taps of one segment.
+// `init` null: start from the bias, else from the partial sums stored at `out`; `last`: add the residual and
+// apply the activation before storing.
+template <int R, int CN, int S>
+inline void il_tile(const float* __restrict base, int64_t in_row, const int32_t* __restrict taps,
+                    const float* __restrict w, int64_t count, bool init, float bias, float* out, int64_t out_row,
+                    const float* res, int64_t res_row, int64_t act, bool last) {
+  v16f acc[R][CN];
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < CN; ++t)
+      acc[r][t] = init ? *reinterpret_cast<const v16f*>(out + r * out_row + t * kLanes) : v16f{} + bias;
+  for (int64_t i = 0; i < count; ++i) {
+    const v16f wv = _mm512_broadcastss_ps(_mm_load_ss(w + i));
+    const float* p = base + taps[i];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) {
+      const float* q = p + r * in_row;
+#pragma GCC unroll 16
+      for (int t = 0; t < CN; ++t) acc[r][t] += wv * *reinterpret_cast<const v16f*>(q + t * S * kLanes);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < CN; ++t) {
+      v16f v = acc[r][t];
+      if (last) {
+        if (res) v += *reinterpret_cast<const v16f*>(res + r * res_row + t * kLanes);
+        v = act_vec(v, act);
+      }
+      *reinterpret_cast<v16f*>(out + r * out_row + t * kLanes) = v;
+    }
+}
+
+template <int S>
+inline void il_tile_any(int64_t r, int64_t cn, const float* base, int64_t in_row, const int32_t* taps, const float* w,
+                        int64_t count, bool init, float bias, float* out, int64_t out_row, const float* res,
+                        int64_t res_row, int64_t act, bool last) {
+#define DASS_IL_TILE(R, CN) \
+  case R * 32 + CN: il_tile<R, CN, S>(base, in_row, taps, w, count, init, bias, out, out_row, res, res_row, act, last); break;
+  switch (r * 32 + cn) {
+    DASS_IL_TILE(1, 16) DASS_IL_TILE(1, 8) DASS_IL_TILE(1, 4) DASS_IL_TILE(1, 2) DASS_IL_TILE(1, 1)
+    DASS_IL_TILE(2, 8) DASS_IL_TILE(2, 4) DASS_IL_TILE(2, 2) DASS_IL_TILE(2, 1)
+    DASS_IL_TILE(4, 4) DASS_IL_TILE(4, 2) DASS_IL_TILE(4, 1)
+    default: break;
+  }
+#undef DASS_IL_TILE
+}
+#endif
+
+// Output channels [o0, o1) of a conv for one block. Tiles of R0 x CN0 pixels (16 accumulators when the plane
+// allows), smaller ones at the right and bottom edges; for each band of tile rows the chunks of input channels
+// run outermost, so that a chunk's rows serve every output channel from the cache (partial sums wait in the
+// output).
+void il_conv(const int64_t* f, float* arena, const float* fpool, const int32_t* ipool, int64_t o0, int64_t o1) {
+  const float* x = arena + f[F_X];
+  const int64_t wq = f[F_WQ], s = f[F_STRIDE], ho = f[F_HO], wo = f[F_WO], co = f[F_CO];
+  const int64_t op = f[F_OUT_PAD], wop = wo + 2 * op, out_plane = (ho + 2 * op) * wop * kLanes;
+  const int64_t yp = f[F_Y_PAD], wyp = wo + 2 * yp, res_plane = (ho + 2 * yp) * wyp * kLanes;
+  float* out = arena + f[F_OUT];
+  const float* y = f[F_Y] >= 0 ? arena + f[F_Y] : nullptr;
+  const int32_t* rowptr = ipool + f[F_ROWPTR];
+  const int32_t* taps = ipool + f[F_TAPS];
+  const float* w = fpool + f[F_WEIGHT];
+  const float* bias = f[F_BIAS] >= 0 ? fpool + f[F_BIAS] : nullptr;
+  const int64_t chunks = f[F_AUX], act = f[F_ACT];
+  for (int64_t o = o0; o < o1; ++o) zero_border16(out + o * out_plane, ho + 2 * op, wop, op);
+  const int64_t cn0 = std::min<int64_t>(DASS_IL_CN, pow2_floor(wo));
+  const int64_t r0 = std::min<int64_t>({16 / cn0, 4, pow2_floor(ho)});
+  for (int64_t oy = 0, r = r0; oy < ho; oy += r) {
+    while (oy + r > ho) r /= 2;
+    for (int64_t ch = 0; ch < chunks; ++ch) {
+      const bool init = ch > 0, last = ch == chunks - 1;
+      for (int64_t ox = 0, cn = cn0; ox < wo; ox += cn) {
+        while (ox + cn > wo) cn /= 2;
+        const float* base = x + (oy * s * wq + ox * s) * kLanes;
+        for (int64_t o = o0; o < o1; ++o) {
+          const int64_t a = rowptr[ch * co + o], e = rowptr[ch * co + o + 1];
+          float* dst = out + o * out_plane + ((oy + op) * wop + ox + op) * kLanes;
+          const float* res = y ? y + o * res_plane + ((oy + yp) * wyp + ox + yp) * kLanes : nullptr;
+          const float b = bias ? bias[o] : 0.f;
+#if DASS_V16
+          if (s == 1)
+            il_tile_any<1>(r, cn, base, s * wq * kLanes, taps + a, w + a, e - a, init, b, dst, wop * kLanes, res,
+                           wyp * kLanes, act, last);
+          else
+            il_tile_any<2>(r, cn, base, s * wq * kLanes, taps + a, w + a, e - a, init, b, dst, wop * kLanes, res,
+                           wyp * kLanes, act, last);
+#else
+          for (int64_t rr = 0; rr < r; ++rr)
+            for (int64_t t = 0; t < cn; ++t)
+              for (int64_t l = 0; l < kLanes; ++l) {
+                float* d = dst + (rr * wop + t) * kLanes + l;
+                float v = init ? *d : b;
+                const float* q = base + (rr * s * wq + t * s) * kLanes + l;
+                for (int64_t i = a; i < e; ++i) v += w[i] * q[taps[i]];
+                if (last) v = act_apply(v + (res ? res[(rr * wyp + t) * kLanes + l] : 0.f), act);
+                *d = v;
+              }
+#endif
+        }
+      }
+    }
+  }
+}
+
+// Channels [c0, c1) of an add (Y >= 0) or activation: out = act(x [+ y]), each operand with its own padding.
+void il_elementwise(const int64_t* f, float* arena, int64_t c0, int64_t c1) {
+  const int64_t h = f[F_H], wd = f[F_W], act = f[F_ACT];
+  const int64_t xp = (f[F_HQ] - h) / 2, yp = f[F_Y_PAD], op = f[F_OUT_PAD];
+  const float* x = arena + f[F_X];
+  const float* y = f[F_Y] >= 0 ? arena + f[F_Y] : nullptr;
+  float* out = arena + f[F_OUT];
+  for (int64_t c = c0; c < c1; ++c) {
+    float* dst = out + c * (h + 2 * op) * (wd + 2 * op) * kLanes;
+    zero_border16(dst, h + 2 * op, wd + 2 * op, op);
+    for (int64_t r = 0; r < h; ++r) {
+      const float* a = x + (c * f[F_HQ] * f[F_WQ] + (r + xp) * f[F_WQ] + xp) * kLanes;
+      const float* b = y ? y + (c * (h + 2 * yp) * (wd + 2 * yp) + (r + yp) * (wd + 2 * yp) + yp) * kLanes : nullptr;
+      float* d = dst + ((r + op) * (wd + 2 * op) + op) * kLanes;
+      for (int64_t j = 0; j < wd * kLanes; ++j) d[j] = act_apply(a[j] + (b ? b[j] : 0.f), act);
+    }
+  }
+}
+
+// Channels [c0, c1) of a global average pool: out[c] = the mean of x's plane c, per image.
+void il_gap(const int64_t* f, float* arena, int64_t c0, int64_t c1) {
+  const int64_t h = f[F_H], wd = f[F_W], xp = (f[F_HQ] - h) / 2, op = f[F_OUT_PAD];
+  const float* x = arena + f[F_X];
+  float* out = arena + f[F_OUT];
+  const float scale = 1.f / static_cast<float>(h * wd);
+  for (int64_t c = c0; c < c1; ++c) {
+    float sum[kLanes] = {};
+    for (int64_t r = 0; r < h; ++r) {
+      const float* a = x + (c * f[F_HQ] * f[F_WQ] + (r + xp) * f[F_WQ] + xp) * kLanes;
+      for (int64_t q = 0; q < wd; ++q)
+        for (int64_t l = 0; l < kLanes; ++l) sum[l] += a[q * kLanes + l];
+    }
+    float* dst = out + c * (1 + 2 * op) * (1 + 2 * op) * kLanes;
+    zero_border16(dst, 1 + 2 * op, 1 + 2 * op, op);
+    for (int64_t l = 0; l < kLanes; ++l) dst[((1 + 2 * op) * op + op) * kLanes + l] = sum[l] * scale;
+  }
+}
+
+// Channels [c0, c1) of images [first, first + valid) of the input batch (N, C, H, W) into a block's input
+// buffer (stored padded by p); lanes past `valid` hold zeros.
+void il_load_input(const float* in, int64_t first, int64_t valid, const int64_t* io, float* arena, int64_t c0,
+                   int64_t c1) {
+  const int64_t ch = io[1], h = io[2], wd = io[3], p = io[4], hp = h + 2 * p, wp = wd + 2 * p;
+  const int64_t img = ch * h * wd;
+  for (int64_t c = c0; c < c1; ++c) {
+    float* plane = arena + io[0] + c * hp * wp * kLanes;
+    zero_border16(plane, hp, wp, p);
+    for (int64_t r = 0; r < h; ++r) {
+      float* d = plane + ((r + p) * wp + p) * kLanes;
+      const float* src = in + first * img + c * h * wd + r * wd;
+      for (int64_t q = 0; q < wd; ++q) {
+        for (int64_t l = 0; l < valid; ++l) d[q * kLanes + l] = src[l * img + q];
+        for (int64_t l = valid; l < kLanes; ++l) d[q * kLanes + l] = 0.f;
+      }
+    }
+  }
+}
+
+// The inverse for the program's output value (stored padded by p): channels [c0, c1) of images
+// [first, first + valid) of the output batch (N, C, H, W).
+void il_store_output(const float* arena, const int64_t* io, int64_t first, int64_t valid, float* outb, int64_t c0,
+                     int64_t c1) {
+  const int64_t ch = io[6], h = io[7], wd = io[8], p = io[9], hp = h + 2 * p, wp = wd + 2 * p;
+  const int64_t img = ch * h * wd;
+  for (int64_t c = c0; c < c1; ++c)
+    for (int64_t r = 0; r < h; ++r) {
+      const float* s = arena + io[5] + (c * hp * wp + (r + p) * wp + p) * kLanes;
+      for (int64_t l = 0; l < valid; ++l) {
+        float* d = outb + (first + l) * img + c * h * wd + r * wd;
+        for (int64_t q = 0; q < wd; ++q) d[q] = s[q * kLanes + l];
+      }
+    }
+}
+
+// Units [u0, u1) of instruction f (output channels of a conv, channels of the other ops) for one block.
+void il_run_op(const int64_t* f, float* arena, const float* fpool, const int32_t* ipool, int64_t u0, int64_t u1) {
+  switch (f[F_OP]) {
+    case OP_CONV: il_conv(f, arena, fpool, ipool, u0, u1); break;
+    case OP_GAP: il_gap(f, arena, u0, u1); break;
+    default: il_elementwise(f, arena, u0, u1); break;
+  }
+}
+
+inline int64_t il_units(const int64_t* f) { return f[F_OP] == OP_CONV ? f[F_CO] : f[F_C]; }
 }  // namespace
 
 extern "C" {
@@ -1321,10 +1548,79 @@ int dass_run(const int64_t* program, int64_t count, float* arena, float* scratch
   return 0;
 }
 
+// Runs the batch-interleaved program (see il_conv) on `batch` images of `input` (N, C, H, W) into `output`.
+// `arenas` holds one arena of `arena_size` floats (64-byte aligned) per thread; `io` the input's arena offset,
+// C, H, W and stored padding, then the output's. Blocks of 16 images go to the threads in turns, each running
+// the whole program alone; the blocks left over (fewer than the threads) are shared op by op, with a barrier
+// after each. `times` (nullable) receives each instruction's time in seconds on thread 0.
+int dass_run_batched(const int64_t* program, int64_t count, float* arenas, int64_t arena_size, const float* fpool,
+                     const int32_t* ipool, const int64_t* io, const float* input, float* output, int64_t batch,
+                     int threads, double* times) {
+  for (int64_t k = 0; k < count; ++k) {
+    const int64_t op = program[k * N_FIELDS + F_OP];
+    if (op != OP_CONV && op != OP_ADD && op != OP_ACT && op != OP_GAP) return static_cast<int>(k) + 1;
+  }
+  if (times) std::fill(times, times + count, 0.0);
+  const int64_t blocks = (batch + kLanes - 1) / kLanes;
+  Barrier barrier;
+#pragma omp parallel num_threads(threads)
+  {
+#pragma omp single
+    barrier.resize(omp_get_num_threads());
+    const unsigned int csr = _mm_getcsr();
+    _mm_setcsr(csr | 0x8040);   // (denormals flush to zero, as in dass_run)
+    const int64_t nth = omp_get_num_threads(), tid = omp_get_thread_num();
+    const int64_t alone = blocks / nth * nth;   // blocks each thread runs alone
+    float* mine = arenas + tid * arena_size;
+    for (int64_t b = tid; b < alone; b += nth) {
+      const int64_t first = b * kLanes, valid = std::min(kLanes, batch - first);
+      il_load_input(input, first, valid, io, mine, 0, io[1]);
+      double last = times && tid == 0 ? omp_get_wtime() : 0.0;
+      for (int64_t k = 0; k < count; ++k) {
+        const int64_t* f = program + k * N_FIELDS;
+        il_run_op(f, mine, fpool, ipool, 0, il_units(f));
+        if (times && tid == 0) {
+          const double now = omp_get_wtime();
+          times[k] += now - last;
+          last = now;
+        }
+      }
+      il_store_output(mine, io, first, valid, output, 0, io[6]);
+    }
+    barrier.wait(tid);
+    for (int64_t b = alone; b < blocks; ++b) {   // together: each thread a share of each op's units
+      const int64_t first = b * kLanes, valid = std::min(kLanes, batch - first);
+      float* shared = arenas;   // (thread 0's arena; the others wait at the barrier above before using it)
+      auto share = [&](int64_t units, int64_t t) { return units * t / nth; };
+      il_load_input(input, first, valid, io, shared, share(io[1], tid), share(io[1], tid + 1));
+      barrier.wait(tid);
+      double last = times && tid == 0 ? omp_get_wtime() : 0.0;
+      for (int64_t k = 0; k < count; ++k) {
+        const int64_t* f = program + k * N_FIELDS;
+        const int64_t units = il_units(f);
+        il_run_op(f, shared, fpool, ipool, share(units, tid), share(units, tid + 1));
+        barrier.wait(tid);
+        if (times && tid == 0) {
+          const double now = omp_get_wtime();
+          times[k] += now - last;
+          last = now;
+        }
+      }
+      il_store_output(shared, io, first, valid, output, share(io[6], tid), share(io[6], tid + 1));
+      barrier.wait(tid);
+    }
+    _mm_setcsr(csr);
+  }
+  return 0;
+}
+
 // The codes this library was built with (see DASS_OPS and the lists after it).
 const char* dass_signature() { return kSignature; }
 
 int dass_max_threads() { return omp_get_max_threads(); }
+
+// 1 where dass_run_batched has its vector kernels (AVX-512); elsewhere its scalar loops only serve tests.
+int dass_batched_vectorized() { return DASS_V16; }
 
 }  // extern "C"
 
