@@ -1304,7 +1304,9 @@ inline void il_tile(const float* __restrict base, int64_t in_row, const int32_t*
                     const float* __restrict w, int64_t count, bool init, float bias, float* out, int64_t out_row,
                     const float* res, int64_t res_row, int64_t act, bool last) {
   v16f acc[R][CN];
+#pragma GCC unroll 4
   for (int r = 0; r < R; ++r)
+#pragma GCC unroll 16
     for (int t = 0; t < CN; ++t)
       acc[r][t] = init ? *reinterpret_cast<const v16f*>(out + r * out_row + t * kLanes) : v16f{} + bias;
   for (int64_t i = 0; i < count; ++i) {
@@ -1317,7 +1319,9 @@ inline void il_tile(const float* __restrict base, int64_t in_row, const int32_t*
       for (int t = 0; t < CN; ++t) acc[r][t] += wv * *reinterpret_cast<const v16f*>(q + t * S * kLanes);
     }
   }
+#pragma GCC unroll 4
   for (int r = 0; r < R; ++r)
+#pragma GCC unroll 16
     for (int t = 0; t < CN; ++t) {
       v16f v = acc[r][t];
       if (last) {
