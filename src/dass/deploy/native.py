@@ -33,8 +33,9 @@ def bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     lib.dass_run.argtypes = [ptr, i64, ptr, ptr, ptr, ptr, i64, ctypes.c_int, ptr]
     lib.dass_run.restype = ctypes.c_int
-    lib.dass_run_batched.argtypes = [ptr, i64, ptr, i64, ptr, ptr, ptr, ptr, ptr, i64, ctypes.c_int, ptr]
-    lib.dass_run_batched.restype = ctypes.c_int
-    lib.dass_batched_vectorized.restype = ctypes.c_int
+    if hasattr(lib, "dass_run_batched"):   # (builds of older sources, for bench/kernel_ab.py, lack it)
+        lib.dass_run_batched.argtypes = [ptr, i64, ptr, i64, ptr, ptr, ptr, ptr, ptr, i64, ctypes.c_int, ptr]
+        lib.dass_run_batched.restype = ctypes.c_int
+        lib.dass_batched_vectorized.restype = ctypes.c_int
     lib.dass_max_threads.restype = ctypes.c_int
     return lib

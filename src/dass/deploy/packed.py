@@ -112,7 +112,8 @@ class PackedModel:
 
     def uses_batched(self, batch: int) -> bool:
         """Whether a batch of ``batch`` images runs the batched program."""
-        return self._batched is not None and batch >= BATCHED_MIN and bool(self._lib.dass_batched_vectorized())
+        return (self._batched is not None and batch >= BATCHED_MIN and hasattr(self._lib, "dass_batched_vectorized")
+                and bool(self._lib.dass_batched_vectorized()))
 
     def _run_batched(self, x: np.ndarray, times: np.ndarray | None) -> np.ndarray:
         n, b = x.shape[0], self._batched
