@@ -240,6 +240,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     print(report.table())
     print()
     print(report.profile_table())
+    if report.large_profile:
+        print()
+        print(report.profile_table(large=True))
     if args.json:
         print(json.dumps(report_dict(report), indent=2))
     return 0

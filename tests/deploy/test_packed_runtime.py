@@ -229,6 +229,8 @@ def test_speed_report_measures_both(images):
     assert "ONNX Runtime (ms)" in report.table()
     assert "conv 3x3" in report.profile and report.profile["conv 3x3"]["macs"] > 0
     assert "speed-up" in report.table() and "GMAC/s" in report.profile_table()
+    assert report.large_batch == 3 and "op (batch 3)" in report.profile_table(large=True)
+    assert report.large_profile["conv 3x3"]["macs"] == 3 * report.profile["conv 3x3"]["macs"]
     assert sys.float_info.min / 2 != 0.0   # the caller's floating-point mode is restored (no flush-to-zero left on)
 
 

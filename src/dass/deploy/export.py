@@ -120,4 +120,5 @@ def report_dict(report: SpeedReport) -> dict:
                              cold_speedup=r.cold_speedup, ort_ms=r.ort_ms, ort_cold_ms=r.ort_cold_ms,
                              speedup_vs_ort=r.speedup_vs_ort, ort_max_abs_diff=r.ort_max_abs_diff)
                         for r in report.results],
-            "profile_batch1": report.profile}
+            "profile_batch1": report.profile, "profile_large_batch": report.large_batch,
+            "profile_large": report.large_profile}

@@ -61,6 +61,8 @@ class SpeedReport:
     profile: dict[str, dict[str, float]] = field(default_factory=dict)   # at batch 1
     nonzero_macs: int = 0
     threads: int = DEFAULT_THREADS
+    large_profile: dict[str, dict[str, float]] = field(default_factory=dict)   # at the largest batch (> 1)
+    large_batch: int = 0
 
     def table(self) -> str:
         ort = any(r.ort_ms for r in self.results)
@@ -75,10 +77,13 @@ class SpeedReport:
                          f"{r.dense_cold_ms:.3f} / {r.packed_cold_ms:.3f} | {r.cold_speedup:.2f}x | {diff:.1e} |")
         return "\n".join(lines)
 
-    def profile_table(self) -> str:
-        total = sum(v["seconds"] for v in self.profile.values()) or 1.0
-        lines = ["| op (batch 1) | count | ms | share | nonzero MACs | GMAC/s |", "|---|---|---|---|---|---|"]
-        for name, v in sorted(self.profile.items(), key=lambda kv: -kv[1]["seconds"]):
+    def profile_table(self, large: bool = False) -> str:
+        """Time per op type at batch 1, or at the largest batch measured (``large``)."""
+        profile = self.large_profile if large else self.profile
+        total = sum(v["seconds"] for v in profile.values()) or 1.0
+        lines = [f"| op (batch {self.large_batch if large else 1}) | count | ms | share | nonzero MACs | GMAC/s |",
+                 "|---|---|---|---|---|---|"]
+        for name, v in sorted(profile.items(), key=lambda kv: -kv[1]["seconds"]):
             rate = v["macs"] / v["seconds"] / 1e9 if v["macs"] and v["seconds"] > 0 else 0.0
             lines.append(f"| {name} | {v['count']} | {1e3 * v['seconds']:.3f} | {100 * v['seconds'] / total:.1f}% | "
                          f"{v['macs']:,} | {rate:.2f} |" if v["macs"] else
@@ -167,12 +172,12 @@ def compare_speed(model: nn.Module, input_shape: tuple[int, int, int], batches: 
     torch.set_flush_denormal(True)  # the packed runtime flushes denormals too: same footing
     try:
         with torch.inference_mode():
-            results, profile = _measure(dense, packed, input_shape, batches, rounds, inputs, min_seconds,
-                                        onnx_runtime)
+            results, profile, large = _measure(dense, packed, input_shape, batches, rounds, inputs, min_seconds,
+                                               onnx_runtime)
     finally:
         torch.set_num_threads(previous)
         torch.set_flush_denormal(was_flushing)   # the caller's process keeps its own floating-point mode
-    return SpeedReport(results, profile, packed.nonzero_macs, threads)
+    return SpeedReport(results, profile, packed.nonzero_macs, threads, large, max(batches) if large else 0)
 
 
 def _flushing_denormals() -> bool:
@@ -183,7 +188,7 @@ def _flushing_denormals() -> bool:
 
 def _measure(dense: nn.Module, packed: PackedModel, input_shape: tuple[int, int, int], batches: tuple[int, ...],
              rounds: int, inputs: torch.Tensor | None, min_seconds: float,
-             ort: OrtEngine | None = None) -> tuple[list[SpeedResult], dict]:
+             ort: OrtEngine | None = None) -> tuple[list[SpeedResult], dict, dict]:
     results = []
     gen = torch.Generator().manual_seed(0)
     for batch in batches:
@@ -213,7 +218,8 @@ def _measure(dense: nn.Module, packed: PackedModel, input_shape: tuple[int, int,
         results.append(result)
     x1 = (inputs[:1] if inputs is not None else torch.randn(1, *input_shape, generator=gen)).numpy()
     profile = packed.profile(x1, repeats=20)
-    return results, profile
+    large = packed.profile(xn, repeats=5) if len(xn) > 1 else {}   # (xn: the last, largest batch)
+    return results, profile, large
 
 
 def packed_latency(packed: PackedModel, batch: int, warmup: int = 3, repeats: int = 20) -> float:
