@@ -127,13 +127,18 @@ def _first(program, op: Op) -> int:
     ("X", 10**9, "field X"),
     ("OUT", 2**28, "past the arena"),
     ("STRIDE", 3, "strides"),
-    ("WQ", 1, "field TAPS"),
+    ("WQ", 1, "field HQ"),
     ("C", 1, "field TAPS"),
     ("HO", 40, "field TAPS"),
     ("ROWPTR", 10**8, "field ROWPTR"),
     ("AUX", 0, "field AUX"),
     ("BIAS", 10**8, "field BIAS"),
     ("ACT", 9, "field ACT"),
+    ("K", 0, "field K"),
+    ("DIL", 2**40, "field DIL"),
+    ("PAD", -1, "field PAD"),
+    ("PAD", 2, "field K"),     # (a tap past the window K, DIL and PAD name: a wavefront would not wait for it)
+    ("HQ", 40, "field HQ"),
 ])
 def test_damaged_convs_are_refused(program, field, value, says):
     with pytest.raises(DassError, match=says):

@@ -98,7 +98,7 @@ def _swap(arrays: dict) -> dict:
 
 
 def test_fuzzed_batched_programs_are_refused_or_run_safely(saved, tmp_path, monkeypatch):
-    monkeypatch.setattr(base, "FREE_FIELDS", {})
+    monkeypatch.setattr(base, "FREE_FIELDS", {})   # (every field a batched op reads is checked)
     monkeypatch.setattr(base, "NEGATIVE_VALID", {Op.CONV: {"Y", "BIAS"}})
     original = base._arrays(saved)
     mutator = BatchedMutator(_swap(original), SEED)

@@ -9,13 +9,14 @@ plane size - is one weight times aligned vectors, with no copy. Each thread runs
 blocks of 16 images, without a barrier.
 
 It covers convolutions (grouped, strided by 1 or 2, dilated, linear layers), residual additions, activations
-and global average pooling: ResNets, MobileNets, VGG without pooling. A network with any other op (pools,
-concatenations: DARTS cells) has no batched program and runs ``dass_run`` at every batch size.
+and global average pooling: ResNets and MobileNets. A network with any other op (pools, concatenations: VGG,
+DARTS cells) has no batched program and runs ``dass_run`` at every batch size.
 """
 
 from __future__ import annotations
 
 import copy
+
 import numpy as np
 
 from .program import N_FIELDS, Act, Batched, Field, Op

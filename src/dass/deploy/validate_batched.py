@@ -78,24 +78,30 @@ def _check_conv(r: _Row, program: Program) -> None:
         bad = int(taps[np.flatnonzero(~ok)[0]])
         raise r.fail("TAPS", f"tap offset {bad} reads outside its input channel's {hq} x {wq} plane at some "
                      "output pixel (or is not a whole vector)")
+    reach = (r["K"] - 1) * r["DIL"] - r["PAD"] + (hq - r["H"]) // 2   # (the last stored row K, DIL, PAD name)
+    if ry.max() > reach:
+        raise r.fail("K", f"a tap reads stored row {int(ry.max())} of its window, past the {reach} that K, DIL and "
+                     "PAD allow")
 
 
 def _check_row(r: _Row, batched: Batched, program: Program) -> None:
     op, arena = r["OP"], batched.arena_size
     r.need(op in _KINDS, "OP", f"the batched runtime runs {', '.join(f'{v}={k}' for k, v in _KINDS.items())}")
     names = ["X", "OUT", "C", "H", "W", "CO", "HO", "WO", "HQ", "WQ", "OUT_PAD", "Y_PAD", "ACT"]
-    if op == Op.CONV:
-        names += ["STRIDE", "AUX", "ROWPTR", "TAPS", "WEIGHT"]
+    if op == Op.CONV:   # (K, DIL and PAD only order a wavefront's bands: il_run_group)
+        names += ["STRIDE", "AUX", "ROWPTR", "TAPS", "WEIGHT", "K", "DIL", "PAD"]
     for name in names:
-        least = 1 if name in ("C", "H", "W", "CO", "HO", "WO", "HQ", "WQ", "STRIDE", "AUX") else 0
+        least = 1 if name in ("C", "H", "W", "CO", "HO", "WO", "HQ", "WQ", "STRIDE", "AUX", "K", "DIL") else 0
         r.need(least <= r[name] <= MAX_FIELD, name, f"must lie in [{least}, {MAX_FIELD}]")
     r.need(r["ACT"] in Act._value2member_map_, "ACT", "unknown activation code")
     r.need(r["Y"] >= -1, "Y", "-1 (none) or an arena offset")
     c, h, w, co, ho, wo = (r[n] for n in ("C", "H", "W", "CO", "HO", "WO"))
     hq, wq = r["HQ"], r["WQ"]
-    if op != Op.CONV:   # (these read x at its stored padding (HQ - H) / 2 on every side)
-        r.need(hq >= h and (hq - h) % 2 == 0 and wq - w == hq - h, "HQ", f"the input plane of {h} x {w} stored "
-               "with the same padding on every side")
+    # (x is stored with padding (HQ - H) / 2 on every side: the elementwise ops and pools read it there, and a
+    # wavefront waits for the rows of x up to (K - 1) * DIL - PAD past a band's first one, see _check_conv)
+    r.need(hq >= h and (hq - h) % 2 == 0 and wq - w == hq - h, "HQ", f"the input plane of {h} x {w} stored "
+           "with the same padding on every side")
+    if op != Op.CONV:
         if op == Op.GAP:
             r.need((co, ho, wo) == (c, 1, 1), "CO", "a global average pool makes C x 1 x 1")
         else:

@@ -1545,7 +1545,8 @@ std::vector<IlGroup> il_groups(const int64_t* program, int64_t count, int64_t li
         const IlSpan out = il_out(e);
         ok = !il_out(f).overlaps(out) && !il_out(f).overlaps(il_x(e)) && !il_out(f).overlaps(il_y(e));
         if (il_x(f).overlaps(out)) {   // its input: the whole value, as stored
-          ok = ok && il_x(f) == out && f[F_HQ] == e[F_HO] + 2 * e[F_OUT_PAD] && f[F_WQ] == e[F_WO] + 2 * e[F_OUT_PAD];
+          ok = ok && il_x(f) == out && f[F_H] == e[F_HO] && f[F_W] == e[F_WO] && f[F_HQ] == e[F_HO] + 2 * e[F_OUT_PAD] &&
+               f[F_WQ] == e[F_WO] + 2 * e[F_OUT_PAD];
           px = m;
         }
         if (il_y(f).overlaps(out)) {   // its residual: the whole value, as stored
