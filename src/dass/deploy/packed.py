@@ -131,8 +131,9 @@ class PackedModel:
         err = self._lib.dass_run_batched(_ptr(ins), len(ins), _ptr(self._arenas), b.arena_size, _ptr(self._fpool),
                                          _ptr(self._ipool), _ptr(self._batched_io), _ptr(x), _ptr(out), n,
                                          self.threads, _ptr(times) if times is not None else None)
-        if err:
-            raise DassError(f"the runtime met an instruction it cannot batch (#{err - 1}); re-export the model")
+        if err:   # (-1: a build without AVX-512; uses_batched keeps such builds away)
+            why = "a build without AVX-512" if err < 0 else f"instruction #{err - 1}"
+            raise DassError(f"the runtime cannot run this batched program ({why}); re-export the model")
         return out.reshape(n, *self._output_dims)
 
     def _run(self, x: np.ndarray, times: np.ndarray | None) -> np.ndarray:
