@@ -27,7 +27,8 @@ from torch.fx.passes.shape_prop import ShapeProp
 from ..errors import DassError
 from .fold import fold_batchnorm
 from .batched import lower_batched
-from .program import IM2COL_MAX_PADDED, N_FIELDS, Act, Batched, Field, Layout, Op, PoolKind, Program, Scratch, shifted_plane
+from .program import (IM2COL_MAX_PADDED, N_FIELDS, Act, Batched, Field, Layout, Op, PoolKind, Program, Scratch,
+                      shifted_plane)
 
 ALIGN = 16  # floats: arena buffers start on cache lines
 
