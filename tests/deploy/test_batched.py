@@ -16,7 +16,6 @@ from dass.deploy.packed import PackedModel
 from dass.deploy.program import Field, Op
 from dass.deploy.speed import calibrate_batchnorm
 from dass.errors import DassError
-from dass.models import build_model
 
 from .test_packed_runtime import CONVS, TOL, Single, _prune, images  # noqa: F401 (the fixture)
 

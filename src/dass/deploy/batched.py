@@ -62,21 +62,30 @@ def _conv_fields(op, x, hq: int, wq: int, xpad: int, out, pools) -> tuple[dict[s
     s, d, pad, groups = p["stride"], p["dil"], p["pad"], p["groups"]
     ky, kx = np.meshgrid(np.arange(k), np.arange(k), indexing="ij")
     pixel = (ky * d + xpad - pad) * wq + (kx * d + xpad - pad)          # (k, k) inside a channel's plane
-    rows, cols = np.nonzero(w.reshape(co, -1))
+    flat = w.reshape(co, -1)
+    # (each segment loads and stores its tile's partial sums: 16 vectors each way)
+    chunks = max(1, min(-(-cin_g // CHUNK), np.count_nonzero(flat) // max(1, co * TAPS_PER_SEGMENT)))
+    rows, cols, rowptr, chunks = segments_by_chunk(flat, k * k, -(-cin_g // chunks))
     channel = cols // (k * k) + rows // (co // groups) * cin_g          # input channel of each nonzero
     taps = (channel * hq * wq + pixel.ravel()[cols % (k * k)]) * LANES
-    # (each segment loads and stores its tile's partial sums: 16 vectors each way)
-    chunks = max(1, min(-(-cin_g // CHUNK), rows.size // max(1, co * TAPS_PER_SEGMENT)))
-    size = -(-cin_g // chunks)
-    chunks = -(-cin_g // size)
-    chunk = cols // (k * k) // size
-    order = np.lexsort((cols, rows, chunk))
-    rows, cols, chunk, taps = rows[order], cols[order], chunk[order], taps[order]
-    rowptr = np.concatenate([[0], np.cumsum(np.bincount(chunk * co + rows, minlength=chunks * co))])
     fields = dict(K=k, STRIDE=s, PAD=pad, DIL=d, GROUPS=groups, AUX=chunks,
-                  WEIGHT=pools.f(w.reshape(co, -1)[rows, cols]), TAPS=pools.i(taps), ROWPTR=pools.i(rowptr),
+                  WEIGHT=pools.f(flat[rows, cols]), TAPS=pools.i(taps), ROWPTR=pools.i(rowptr),
                   BIAS=pools.f(p["bias"]) if p["bias"] is not None else -1)
     return fields, int(rows.size) * out.shape[1] * out.shape[2]
+
+
+def segments_by_chunk(flat: np.ndarray, taps_per_channel: int,
+                      size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """The nonzeros (rows, cols) of a (CO, C * K * K) weight matrix in CSR segments per (chunk of ``size`` input
+    channels, output channel), the segments' row pointers and the number of chunks (both runtimes' chunked taps)."""
+    co, cin = flat.shape[0], flat.shape[1] // taps_per_channel
+    rows, cols = np.nonzero(flat)
+    chunk = cols // taps_per_channel // size
+    order = np.lexsort((cols, rows, chunk))
+    rows, cols, chunk = rows[order], cols[order], chunk[order]
+    chunks = -(-cin // size)
+    rowptr = np.concatenate([[0], np.cumsum(np.bincount(chunk * co + rows, minlength=chunks * co))])
+    return rows, cols, rowptr, chunks
 
 
 def lower_batched(graph, pools, plan_arena, label) -> Batched | None:

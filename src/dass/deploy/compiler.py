@@ -26,7 +26,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from ..errors import DassError
 from .fold import fold_batchnorm
-from .batched import lower_batched
+from .batched import lower_batched, segments_by_chunk
 from .program import (IM2COL_MAX_PADDED, N_FIELDS, Act, Batched, Field, Layout, Op, PoolKind, Program, Scratch,
                       shifted_plane)
 
@@ -564,7 +564,7 @@ def _taps_chunk(op: IROp, out: Value) -> int:
     """Input channels per chunk of a chunked conv's taps (run_conv_chunked): as many as keep the rows that one
     tile of output pixels reads from them within L1, but enough that an output channel holds several taps in each
     chunk (every chunk costs a load and a store of the tile's partial sums)."""
-    p, (co, cin, k, _) = op.params, op.params["weight"].shape
+    p, (_, cin, k, _) = op.params, op.params["weight"].shape
     _, ho, wo = out.shape
     pix = ho * wo
     tile = next(v * 16 for v in (16, 8, 4, 2, 1) if pix % (v * 16) == 0)   # as the runtime picks it
@@ -879,12 +879,7 @@ def _weight_fields(op: IROp, table: np.ndarray, layout: _InputLayout, out: Value
     co, cin_g = w.shape[:2]
     flat = w.reshape(co, -1)
     if layout.chunk:   # CSR segments per (chunk of input channels, output channel)
-        rows, cols = np.nonzero(flat)
-        chunk = cols // (w.shape[2] * w.shape[3]) // layout.chunk
-        order = np.lexsort((cols, rows, chunk))
-        rows, cols, chunk = rows[order], cols[order], chunk[order]
-        nchunks = -(-cin_g // layout.chunk)
-        rowptr = np.concatenate([[0], np.cumsum(np.bincount(chunk * co + rows, minlength=nchunks * co))])
+        rows, cols, rowptr, _ = segments_by_chunk(flat, w.shape[2] * w.shape[3], layout.chunk)
         return dict(ROWS16=0, DENSE=0, KTAPS=0, WEIGHT=pools.f(flat[rows, cols]), TAPS=pools.i(table[cols]),
                     ROWPTR=pools.i(rowptr), AUX=layout.chunk)
     if _density(op) >= options.dense_threshold:

@@ -11,6 +11,7 @@ import json
 import math
 import numbers
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -52,12 +53,9 @@ class PackedModel:
         arrays = ("instructions", "fpool", "ipool")
         snapshot = Program(**{name: np.array(v, copy=True) if name in arrays and isinstance(v, np.ndarray) else v
                               for name, v in ((name, getattr(program, name)) for name in Program.__dataclass_fields__)})
-        b = program.batched
-        if isinstance(b, Batched):
-            snapshot.batched = Batched(np.array(b.instructions, copy=True), b.arena_size,
-                                       tuple(b.io) if isinstance(b.io, (tuple, list)) else b.io,
-                                       list(b.labels) if isinstance(b.labels, (tuple, list)) else b.labels,
-                                       list(b.macs) if isinstance(b.macs, (tuple, list)) else b.macs)
+        b = program.batched   # (its io is read into an array below, its labels and macs only for profiles)
+        if isinstance(b, Batched) and isinstance(b.instructions, np.ndarray):
+            snapshot.batched = replace(b, instructions=b.instructions.copy())
         validate_program(snapshot)
         validate_batched(snapshot)
         self._batched = snapshot.batched if batched else None
