@@ -94,6 +94,7 @@ def test_save_load_and_profile(tmp_path, images):
     x = _batch(images, 20)
     loaded = PackedModel.load(packed.save(tmp_path / "m.npz"))
     assert loaded.program.batched is not None and loaded.uses_batched(20)
+    assert not PackedModel.load(tmp_path / "m.npz", batched=False).uses_batched(20)
     assert np.array_equal(loaded(x), packed(x))
     profile = loaded.profile(x, repeats=1)
     assert profile["conv 3x3"]["count"] == sum(1 for lab in packed.program.batched.labels if lab == "conv 3x3")

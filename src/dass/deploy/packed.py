@@ -209,7 +209,7 @@ class PackedModel:
         return path
 
     @classmethod
-    def load(cls, path: str | Path, threads: int = DEFAULT_THREADS) -> "PackedModel":
+    def load(cls, path: str | Path, threads: int = DEFAULT_THREADS, batched: bool = True) -> "PackedModel":
         """The packed model saved at ``path``, refused with a :class:`DassError` when the file is not one or is
         damaged in any way (see :func:`dass.deploy.validate.validate_program`)."""
         path = Path(path)
@@ -256,4 +256,4 @@ class PackedModel:
                     or any(k not in b for k in ("arena_size", "io", "labels", "macs")):
                 raise DassError(f"{broken} (its batched program is incomplete); {REEXPORT}")
             program.batched = Batched(arrays["batched"], b["arena_size"], b["io"], b["labels"], b["macs"])
-        return cls(program, threads)
+        return cls(program, threads, batched)
