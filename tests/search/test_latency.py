@@ -70,3 +70,18 @@ def test_unknown_cost_is_refused():
 
     with pytest.raises(DassError, match="search.cost must be macs or latency"):
         make_config("default", sets=["search.cost=joules"])
+
+
+def test_cache_key_follows_kernels_and_compiler(tmp_path, monkeypatch):
+    """A changed runtime kernel or compiler source selects another table (either changes how fast an op runs)."""
+    names = [path.name for path in latency.key_sources()]
+    assert names[0].endswith(".cpp") and "compiler.py" in names
+    files = [tmp_path / name for name in names]
+    for path, source in zip(files, latency.key_sources()):
+        path.write_bytes(source.read_bytes())
+    monkeypatch.setattr(latency, "key_sources", lambda: files)
+    keys = {machine_key(1)}
+    for path in files[:2]:
+        path.write_bytes(path.read_bytes() + b"\n")
+        keys.add(machine_key(1))
+    assert len(keys) == 3

@@ -33,17 +33,27 @@ from ..sparse import init_scores, set_sparsity
 CACHE_DIR = Path(os.environ.get("DASS_CACHE", Path.home() / ".cache" / "dass")) / "latency"
 
 
+def key_sources() -> list[Path]:
+    """The sources whose change invalidates a cached table: the runtime kernels and the deploy compiler."""
+    from ..deploy import batched, compiler
+    return [RUNTIME.source, Path(compiler.__file__), Path(batched.__file__)]
+
+
 def machine_key(threads: int) -> str:
-    """Which cached table applies: CPU model, core count, dass version, the runtime kernels' source (a kernel
-    change moves every op's time) and thread count."""
+    """Which cached table applies: CPU model, core count, dass version, the runtime kernels' and the compiler's
+    sources (a kernel change moves every op's time, a compiler change how an op runs: composing a separable conv's
+    halves made it one instruction) and thread count."""
     cpu = platform.processor()
     try:
         with open("/proc/cpuinfo") as fh:
             cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
     except OSError:
         pass
+    digest = hashlib.sha256()
     try:
-        kernels = hashlib.sha256(RUNTIME.source.read_bytes()).hexdigest()[:16]
+        for source in key_sources():
+            digest.update(source.read_bytes())
+        kernels = digest.hexdigest()[:16]
     except OSError:
         kernels = "?"
     text = f"{cpu}|{os.cpu_count()}|{platform.machine()}|{__version__}|{kernels}|t{threads}"
