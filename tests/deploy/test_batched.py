@@ -63,6 +63,25 @@ def test_blocks_and_threads(batch, threads, images):
     _agree(model, _batch(images, batch), threads)
 
 
+@pytest.mark.parametrize("batch,threads,shares", [(32, 2, True), (48, 2, True), (64, 2, True), (40, 3, False),
+                                                  (64, 1, False)])
+def test_rest_of_a_block_handed_to_a_thread_done_first(batch, threads, shares, images, monkeypatch):
+    """Two threads: when one finishes its blocks first, the other shares the rest of its last block with it, op by
+    op. A test hook delays thread 0 so that this happens on every call; outputs do not change. (One or three
+    threads never hand off.)"""
+    model = synthetic_model("resnet18", 0.9, (3, 32, 32), width=0.25, calibration=images)
+    program = compile_model(model.eval(), (3, 32, 32))
+    x = _batch(images, batch)
+    expected = PackedModel(program, threads=threads, batched=False)(x)
+    packed = PackedModel(program, threads=threads)
+    before = packed._lib.dass_batched_handoffs()
+    monkeypatch.setenv("DASS_TEST_LAG_US", "30000")
+    for _ in range(3):
+        assert np.abs(packed(x) - expected).max() < TOL
+    assert (packed._lib.dass_batched_handoffs() - before == 3) == shares
+    assert (packed._lib.dass_batched_handoffs() == before) != shares
+
+
 @pytest.mark.parametrize("name,sparsity", [("resnet18", 0.0), ("resnet18", 0.99), ("mobilenet_v2", 0.9)])
 def test_whole_networks(name, sparsity, images):
     model = synthetic_model(name, sparsity, (3, 32, 32), width=0.25, calibration=images)

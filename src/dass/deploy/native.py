@@ -37,5 +37,7 @@ def bind(lib: ctypes.CDLL) -> ctypes.CDLL:
         lib.dass_run_batched.argtypes = [ptr, i64, ptr, i64, ptr, ptr, ptr, ptr, ptr, i64, ctypes.c_int, ptr]
         lib.dass_run_batched.restype = ctypes.c_int
         lib.dass_batched_vectorized.restype = ctypes.c_int
+    if hasattr(lib, "dass_batched_handoffs"):
+        lib.dass_batched_handoffs.restype = ctypes.c_int64
     lib.dass_max_threads.restype = ctypes.c_int
     return lib

@@ -22,6 +22,9 @@
 #include <sched.h>
 
 #include <algorithm>
+#include <chrono>
+#include <cstdlib>
+#include <thread>
 #include <atomic>
 #include <cstdint>
 #include <cstring>
@@ -133,6 +136,9 @@ template <> struct Unaligned<v16f> { typedef v16u type; };
 #endif
 #ifndef DASS_IMGS
 #define DASS_IMGS 2  // images per block at batch > 1
+#endif
+#ifndef DASS_IL_HANDOFF
+#define DASS_IL_HANDOFF 1  // two threads share the rest of a block when one finishes first (0: off, A/B)
 #endif
 #ifndef DASS_FLAT
 #define DASS_FLAT 1  // planes with output-long rows read as one row (0: in 2-D tiles, for A/B runs)
@@ -1633,6 +1639,16 @@ void il_run_group(const int64_t* program, const IlGroup& g, float* arena, const 
     }
   }
 }
+
+// Handoffs of a block's rest to the other thread since the library loaded (tests check that the path ran).
+std::atomic<int64_t> g_handoffs{0};
+
+// A test hook: DASS_TEST_LAG_US delays thread 0 of the batched program before its first block, so that the
+// other thread finishes first and the handoff runs deterministically in tests.
+inline int64_t il_test_lag_us() {
+  const char* text = std::getenv("DASS_TEST_LAG_US");
+  return text ? std::max<int64_t>(0, std::atoll(text)) : 0;
+}
 }  // namespace
 
 extern "C" {
@@ -1719,7 +1735,12 @@ int dass_run_batched(const int64_t* program, int64_t count, float* arenas, int64
   if (times) std::fill(times, times + count, 0.0);
   const int64_t blocks = (batch + kLanes - 1) / kLanes;
   const std::vector<IlGroup> groups = il_groups(program, count, DASS_IL_GROUP);
+  const int64_t lag_us = il_test_lag_us();
   Barrier barrier;
+  // The two-thread handoff (see below): threads done with their blocks, and the rest of a block to share.
+  std::atomic<int64_t> finished{0}, request{-1};
+  float* request_arena = nullptr;
+  int64_t request_first = 0, request_valid = 0;
 #pragma omp parallel num_threads(threads)
   {
 #pragma omp single
@@ -1728,25 +1749,14 @@ int dass_run_batched(const int64_t* program, int64_t count, float* arenas, int64
     _mm_setcsr(csr | 0x8040);   // (denormals flush to zero, as in dass_run)
     const int64_t nth = omp_get_num_threads(), tid = omp_get_thread_num();
     const int64_t alone = DASS_IL_ALONE ? blocks / nth * nth : 0;   // blocks each thread runs alone
-    float* mine = arenas + tid * arena_size;
-    for (int64_t b = tid; b < alone; b += nth) {
-      const int64_t first = b * kLanes, valid = std::min(kLanes, batch - first);
-      il_load_input(input, first, valid, io, mine, 0, io[1]);
-      for (const IlGroup& g : groups) il_run_group(program, g, mine, fpool, ipool, tid == 0 ? times : nullptr);
-      il_store_output(mine, io, first, valid, output, 0, io[6]);
-    }
-    barrier.wait(tid);
-    for (int64_t b = alone; b < blocks; ++b) {   // together: each thread a share of each op's units
-      const int64_t first = b * kLanes, valid = std::min(kLanes, batch - first);
-      float* shared = arenas;   // (thread 0's arena; the others wait at the barrier above before using it)
-      auto share = [&](int64_t units, int64_t t) { return units * t / nth; };
-      il_load_input(input, first, valid, io, shared, share(io[1], tid), share(io[1], tid + 1));
-      barrier.wait(tid);
+    auto share = [&](int64_t units, int64_t t) { return units * t / nth; };
+    // instructions [k0, count) of the block in `arena` and its output, every thread a share of each op's units
+    auto run_shared = [&](float* arena, int64_t first, int64_t valid, int64_t k0) {
       double last = times && tid == 0 ? omp_get_wtime() : 0.0;
-      for (int64_t k = 0; k < count; ++k) {
+      for (int64_t k = k0; k < count; ++k) {
         const int64_t* f = program + k * N_FIELDS;
         const int64_t units = il_units(f);
-        il_run_op(f, shared, fpool, ipool, share(units, tid), share(units, tid + 1));
+        il_run_op(f, arena, fpool, ipool, share(units, tid), share(units, tid + 1));
         barrier.wait(tid);
         if (times && tid == 0) {
           const double now = omp_get_wtime();
@@ -1754,8 +1764,53 @@ int dass_run_batched(const int64_t* program, int64_t count, float* arenas, int64
           last = now;
         }
       }
-      il_store_output(shared, io, first, valid, output, share(io[6], tid), share(io[6], tid + 1));
+      il_store_output(arena, io, first, valid, output, share(io[6], tid), share(io[6], tid + 1));
       barrier.wait(tid);
+    };
+    // Two threads: the machine's cores do not always run at one pace (one ran its two blocks in 41-47 ms where
+    // the other took 33-38, call after call), and each runs its blocks alone. So a thread that finishes first
+    // waits for a request; the other, between two groups of its last block, sees that and asks it to share the
+    // rest of that block op by op (sharing runs ~0.8x as efficiently as a block alone, so only the rest).
+    const bool handoff = DASS_IL_HANDOFF && nth == 2;
+    bool requested = false;
+    if (lag_us > 0 && tid == 0) std::this_thread::sleep_for(std::chrono::microseconds(lag_us));
+    float* mine = arenas + tid * arena_size;
+    for (int64_t b = tid; b < alone; b += nth) {
+      const int64_t first = b * kLanes, valid = std::min(kLanes, batch - first);
+      const bool last_block = b + nth >= alone;
+      il_load_input(input, first, valid, io, mine, 0, io[1]);
+      size_t gi = 0;
+      for (; gi < groups.size(); ++gi) {
+        if (handoff && last_block && gi > 0 && finished.load(std::memory_order_acquire) > 0) break;
+        il_run_group(program, groups[gi], mine, fpool, ipool, tid == 0 ? times : nullptr);
+      }
+      if (gi < groups.size()) {
+        requested = true;
+        request_arena = mine;
+        request_first = first;
+        request_valid = valid;
+        request.store(groups[gi].first, std::memory_order_release);
+        g_handoffs.fetch_add(1, std::memory_order_relaxed);
+        run_shared(mine, first, valid, groups[gi].first);
+      } else {
+        il_store_output(mine, io, first, valid, output, 0, io[6]);
+      }
+    }
+    if (handoff && !requested) {
+      finished.fetch_add(1, std::memory_order_acq_rel);
+      spin_until([&] {
+        return request.load(std::memory_order_acquire) >= 0 || finished.load(std::memory_order_acquire) == nth;
+      });
+      const int64_t k0 = request.load(std::memory_order_acquire);
+      if (k0 >= 0) run_shared(request_arena, request_first, request_valid, k0);
+    }
+    barrier.wait(tid);
+    for (int64_t b = alone; b < blocks; ++b) {   // together: each thread a share of each op's units
+      const int64_t first = b * kLanes, valid = std::min(kLanes, batch - first);
+      float* shared = arenas;   // (thread 0's arena; the others wait at the barrier above before using it)
+      il_load_input(input, first, valid, io, shared, share(io[1], tid), share(io[1], tid + 1));
+      barrier.wait(tid);
+      run_shared(shared, first, valid, 0);
     }
     _mm_setcsr(csr);
   }
@@ -1769,6 +1824,9 @@ int dass_max_threads() { return omp_get_max_threads(); }
 
 // 1 where dass_run_batched has its kernels (AVX-512: 16 images per vector); elsewhere it returns -1.
 int dass_batched_vectorized() { return DASS_V16; }
+
+// Handoffs since the library loaded (see dass_run_batched).
+int64_t dass_batched_handoffs() { return g_handoffs.load(); }
 
 }  // extern "C"
 
