@@ -7,23 +7,18 @@ import pytest
 import torch
 from torch import nn
 
-from dass.data import load_dataset
 from dass.deploy.compiler import CompileOptions, compile_model
 from dass.deploy.export import synthetic_model
 from dass.deploy.packed import PackedModel
-from dass.sparse import SparseConv2d, init_scores, set_sparsity
+from dass.deploy.speed import calibrate_batchnorm
+from dass.sparse import SparseConv2d
 from dass.space import DARTS_V1
 from dass.space.ops import DilConv, SepConv
 
-TOL = 1e-4
+from .test_packed_runtime import TOL, _prune, images  # noqa: F401 (the fixture)
+
 ALWAYS = CompileOptions(compose_separable=10**6)
 NEVER = CompileOptions(compose_separable=0)
-
-
-@pytest.fixture(scope="module")
-def images(cifar_subset) -> torch.Tensor:
-    x = torch.from_numpy(load_dataset(str(cifar_subset)).x_test[:8]).float().permute(0, 3, 1, 2) / 255.0
-    return ((x - x.mean((0, 2, 3), keepdim=True)) / x.std((0, 2, 3), keepdim=True)).contiguous()
 
 
 class Stem(nn.Module):
@@ -52,16 +47,10 @@ class WithBias(nn.Module):
 
 
 def _prepared(model: nn.Module, sparsity: float, images: torch.Tensor) -> nn.Module:
-    torch.manual_seed(0)
-    init_scores(model)
-    if sparsity > 0:
-        set_sparsity(model, sparsity)
-    model.train()
-    with torch.no_grad():   # non-trivial BN statistics, so that folded biases are not zero
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.momentum = None
-        model(images)
+    """Pruned, with batch-norm statistics from real images (so that folded biases are not zero)."""
+    _prune(model, sparsity)
+    with torch.no_grad():
+        calibrate_batchnorm(model, images)
     return model.eval()
 
 
