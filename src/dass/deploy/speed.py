@@ -190,6 +190,7 @@ def _measure(dense: nn.Module, packed: PackedModel, input_shape: tuple[int, int,
              rounds: int, inputs: torch.Tensor | None, min_seconds: float,
              ort: OrtEngine | None = None) -> tuple[list[SpeedResult], dict, dict]:
     results = []
+    largest = None   # (the largest batch's input: its profile too)
     gen = torch.Generator().manual_seed(0)
     for batch in batches:
         if inputs is not None:
@@ -198,6 +199,8 @@ def _measure(dense: nn.Module, packed: PackedModel, input_shape: tuple[int, int,
         else:
             x = torch.randn(batch, *input_shape, generator=gen)
         xn = x.numpy()
+        if batch == max(batches):
+            largest = xn
         reference = dense(x).numpy()
         diff = float(np.abs(packed(xn) - reference).max())
         # (ONNX Runtime's quiet session in turns with the others; its default, spinning one alone after them)
@@ -218,7 +221,7 @@ def _measure(dense: nn.Module, packed: PackedModel, input_shape: tuple[int, int,
         results.append(result)
     x1 = (inputs[:1] if inputs is not None else torch.randn(1, *input_shape, generator=gen)).numpy()
     profile = packed.profile(x1, repeats=20)
-    large = packed.profile(xn, repeats=5) if len(xn) > 1 else {}   # (xn: the last, largest batch)
+    large = packed.profile(largest, repeats=5) if len(largest) > 1 else {}
     return results, profile, large
 
 
